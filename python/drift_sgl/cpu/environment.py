@@ -1,0 +1,92 @@
+"""Make a CPU-only machine able to run SGLang (see docs/cpu.md).
+
+Must run before anything imports sglang: some sglang modules read these
+variables at import time. Spawned SGLang processes inherit the environment.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from drift_sgl.cpu.stub import build_stub, has_nvidia_driver
+
+#: Variables SGLang needs on a CPU; a value the user already set wins.
+CPU_ENV_DEFAULTS = {
+    # Without it SGLang refuses to start: "No accelerator".
+    "SGLANG_USE_CPU_ENGINE": "1",
+    # The Rust radix-tree core links a specific libtorch; the Python core is safe.
+    "SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND": "python",
+}
+
+
+@dataclass(frozen=True)
+class CpuEnvironment:
+    """What was prepared, for the startup log."""
+
+    stub_path: Path | None
+    variables: dict[str, str]
+
+    def describe(self) -> str:
+        stub = f"stand-in {self.stub_path}" if self.stub_path else "no libcuda stand-in needed"
+        return f"CPU mode: {stub}; " + " ".join(f"{k}={v}" for k, v in self.variables.items())
+
+
+def requested_device(argv: list[str]) -> str | None:
+    """The value of ``--device`` in an SGLang argument list, if given."""
+    for i, arg in enumerate(argv):
+        if arg == "--device" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--device="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def model_path_is_local(argv: list[str]) -> bool:
+    """True when ``--model-path`` names an existing directory (no hub access needed)."""
+    for i, arg in enumerate(argv):
+        value = None
+        if arg == "--model-path" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--model-path="):
+            value = arg.split("=", 1)[1]
+        if value is not None:
+            return Path(value).is_dir()
+    return False
+
+
+def prepare_cpu_environment(
+    env: MutableMapping[str, str], offline: bool, preload: bool = True
+) -> CpuEnvironment:
+    """Set SGLang's CPU variables in ``env`` and load the libcuda stand-in.
+
+    Args:
+        env: the environment to update (``os.environ`` in the launcher).
+        offline: also forbid hub access (the model is a local directory).
+        preload: load the stand-in into this process too (the launcher needs it;
+            code that only starts other processes does not).
+    """
+    wanted = dict(CPU_ENV_DEFAULTS)
+    if offline:
+        wanted.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    applied = {}
+    for key, value in wanted.items():
+        env.setdefault(key, value)
+        applied[key] = env[key]
+
+    stub = None
+    if not has_nvidia_driver():
+        stub = build_stub()
+        paths = [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
+        if str(stub.parent) not in paths:
+            env["LD_LIBRARY_PATH"] = os.pathsep.join([str(stub.parent), *paths])
+        # The dynamic loader read LD_LIBRARY_PATH when this process started, so
+        # load the stand-in by hand: a later dlopen of "libcuda.so.1" (by
+        # sgl_kernel or torch) finds the already-loaded soname. Children started
+        # with spawn see the updated LD_LIBRARY_PATH.
+        if preload:
+            ctypes.CDLL(str(stub), mode=ctypes.RTLD_GLOBAL)
+    return CpuEnvironment(stub_path=stub, variables=applied)

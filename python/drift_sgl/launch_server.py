@@ -1,0 +1,122 @@
+"""Start an SGLang server whose schedulers are drift's multiplexing schedulers.
+
+    python -m drift_sgl.launch_server --model-path DIR [SGLang args] [--drift-* args]
+
+Every SGLang server argument is accepted unchanged; drift's own flags all
+start with ``--drift-``. Invalid or contradictory settings stop the launch
+before any process starts, with one line naming the flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import os
+import sys
+
+from drift_sgl.config import DriftConfig, DriftConfigError, add_drift_args, config_from_args
+
+logger = logging.getLogger("drift_sgl")
+
+_USAGE = "python -m drift_sgl.launch_server --model-path PATH [SGLang args] [--drift-* args]"
+
+
+def _drift_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="drift_sgl.launch_server", usage=_USAGE, add_help=False)
+    add_drift_args(parser)
+    return parser
+
+
+def _print_help() -> None:
+    print(f"usage: {_USAGE}\n")
+    print(__doc__.strip().splitlines()[0] + "\n")
+    _drift_parser().print_help()
+    print("\nSGLang server arguments (all accepted unchanged):\n")
+    from sglang.srt.server_args import ServerArgs
+
+    sglang_parser = argparse.ArgumentParser(prog="sglang", add_help=False)
+    ServerArgs.add_cli_args(sglang_parser)
+    sglang_parser.print_help()
+
+
+def split_argv(argv: list[str]) -> tuple[DriftConfig, list[str]]:
+    """Separate drift's flags from SGLang's; raises ``DriftConfigError``."""
+    drift_args, rest = _drift_parser().parse_known_args(argv)
+    for arg in rest:
+        if arg.startswith("--drift-"):
+            raise DriftConfigError(arg.split("=", 1)[0], "unknown drift flag (see --help)")
+    return config_from_args(drift_args), rest
+
+
+def resolve_device(sglang_argv: list[str]) -> str:
+    """``cpu`` when asked for, or when the machine has no NVIDIA driver."""
+    from drift_sgl.cpu.environment import requested_device
+    from drift_sgl.cpu.stub import has_nvidia_driver
+
+    device = requested_device(sglang_argv)
+    if device is not None:
+        if device != "cpu" and not has_nvidia_driver():
+            raise DriftConfigError(
+                "--device", f"{device!r} needs an NVIDIA driver, and none is installed here"
+            )
+        return device
+    return "cuda" if has_nvidia_driver() else "cpu"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse, check, prepare the platform and run SGLang's HTTP server."""
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        _print_help()
+        return
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s")
+    try:
+        config, sglang_argv = split_argv(argv)
+        device = resolve_device(sglang_argv)
+    except DriftConfigError as err:
+        _fail(err)
+    if device == "cpu":
+        from drift_sgl.cpu.environment import model_path_is_local, prepare_cpu_environment
+
+        # Before the first sglang import: some modules read these at import time.
+        env = prepare_cpu_environment(os.environ, offline=model_path_is_local(sglang_argv))
+        logger.info("drift: %s", env.describe())
+
+    from sglang.srt.server_args import prepare_server_args
+
+    from drift_sgl.server_args_check import check_and_complete
+
+    server_args = prepare_server_args(sglang_argv)
+    try:
+        notes = check_and_complete(server_args, device)
+    except DriftConfigError as err:
+        _fail(err)
+    for note in notes:
+        logger.info("drift: using %s", note)
+    logger.info("drift: %s", config)
+    _run(server_args, config)
+
+
+def _run(server_args: object, config: DriftConfig) -> None:
+    from sglang.srt.entrypoints.http_server import launch_server
+    from sglang.srt.plugins import load_plugins
+    from sglang.srt.utils import kill_process_tree
+
+    from drift_sgl.entry import run_drift_scheduler_process
+
+    load_plugins()
+    entry = functools.partial(run_drift_scheduler_process, config)
+    try:
+        launch_server(server_args, run_scheduler_process_func=entry)
+    finally:
+        kill_process_tree(os.getpid(), include_parent=False)
+
+
+def _fail(err: DriftConfigError) -> None:
+    print(f"drift-sgl: error: {err}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+if __name__ == "__main__":
+    main()

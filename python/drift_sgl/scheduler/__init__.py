@@ -1,0 +1,1 @@
+"""The multiplexing scheduler (imports SGLang: load lazily)."""

@@ -1,0 +1,26 @@
+"""Counters of what the multiplexing loop did, reported in /server_info."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class MuxCounters:
+    """Step counts since start-up; a step is one pass of the loop that ran work."""
+
+    #: Steps that ran a decode step.
+    decode_steps: int = 0
+    #: Prefill layer blocks launched.
+    prefill_blocks: int = 0
+    #: Steps that ran a decode step and a prefill block side by side.
+    mux_steps: int = 0
+    #: Prefill gangs (batches of requests prefilled together) started.
+    gangs_started: int = 0
+    #: Gangs whose prefill completed and whose requests joined decode.
+    gangs_merged: int = 0
+    #: Requests aborted while their prefill was in flight.
+    aborted_mid_prefill: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)

@@ -1,0 +1,254 @@
+"""DriftScheduler: SGLang's Scheduler with a prefill/decode-multiplexing loop.
+
+One step of the loop (docs/architecture.md walks through it):
+  1. ingest requests (SGLang);
+  2. drop finished requests from the running batch;
+  3. if no prefill gang is in flight, admit one from the waiting queue with
+     SGLang's own admission (radix-cache prefix matching included);
+  4. prepare the decode step of the running batch (SGLang, may retract);
+  5. ask the policy for a split and a number of prefill layers;
+  6. launch decode in the decode partition, the next prefill layer block in
+     the prefill partition, then wait for decode and process its result;
+  7. when the gang's last layer block has completed, process its result
+     (first tokens, finish checks, KV into the radix tree) and merge its
+     unfinished requests into the running batch.
+Everything SGLang keeps per step (last_batch, timestamps, metrics, idle
+housekeeping) is kept here too, and the gang is visible to abort, flush and
+idle checks.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+import torch
+from sglang.srt.environ import envs
+from sglang.srt.managers.schedule_batch import FINISH_ABORT
+from sglang.srt.managers.scheduler import Scheduler
+from sglang.srt.model_executor.forward_batch_info import ForwardMode
+from sglang.srt.observability.req_time_stats import set_schedule_time_batch
+from sglang.srt.utils import DynamicGradMode
+
+from drift_sgl.config import DriftConfig
+from drift_sgl.partition import create_partition_backend
+from drift_sgl.policy import LayerBudgetRule, MuxDecision, MuxState
+from drift_sgl.scheduler.counters import MuxCounters
+from drift_sgl.scheduler.gang import PrefillGang
+
+logger = logging.getLogger(__name__)
+
+
+class DriftScheduler(Scheduler):
+    """Runs a decode step and a block of prefill layers in every step."""
+
+    #: Bound per process by ``bind``; the defaults serve tests and direct use.
+    drift_config: ClassVar[DriftConfig] = DriftConfig()
+
+    @classmethod
+    def bind(cls, config: DriftConfig) -> type[DriftScheduler]:
+        """A subclass carrying ``config``, to install as SGLang's Scheduler."""
+        return type(cls.__name__, (cls,), {"drift_config": config, "__module__": cls.__module__})
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # SGLang sends SPLIT_PREFILL batches to the layer-split forward only when
+        # this is set. The server argument stays off, so SGLang builds none of
+        # upstream's pdmux state (its streams need a GPU and sgl_kernel.spatial).
+        self.enable_pdmux = True
+        self._require_split_prefill()
+        config = self.drift_config
+        choice = create_partition_backend(config.partition, self.device, torch.get_num_threads())
+        self._partition = choice.backend
+        self._mux_policy = LayerBudgetRule(layer_budget_tokens=config.layer_budget_tokens)
+        self._gang: PrefillGang | None = None
+        self._mux_counters = MuxCounters()
+        logger.info(
+            "drift: partition backend %s [%s]; policy %s",
+            self._partition.describe(),
+            choice.reason,
+            self._mux_policy,
+        )
+
+    def _require_split_prefill(self) -> None:
+        model = self.tp_worker.model_runner.model
+        if not hasattr(model, "forward_split_prefill"):
+            raise RuntimeError(
+                f"drift-sgl: {type(model).__name__} has no layer-split prefill "
+                "(forward_split_prefill); drift serves Llama, Qwen, Gemma, GLM-4 and other "
+                "architectures that SGLang can split by layers"
+            )
+
+    # ------------------------------------------------------------------ loop
+
+    @DynamicGradMode()
+    def event_loop_pdmux(self) -> None:
+        """The multiplexing event loop (SGLang dispatches here when enable_pdmux)."""
+        while not self.gracefully_exit:
+            self.ingest_requests()
+            if self._engine_paused:
+                self._record_scheduler_state_for_paused_engine()
+                continue
+            self.run_mux_step()
+
+    def run_mux_step(self) -> None:
+        """One step: admit, decide, launch both phases, merge a finished prefill."""
+        self.process_pending_chunked_abort()
+        self._process_hicache_events()
+        self._drop_finished_from_running()
+        if self._gang is None:
+            self._gang = self._start_gang()
+        decode_batch = self._prepare_decode()
+        decision = self._mux_policy.decide(self._mux_state(decode_batch))
+        launched_prefill = self._execute(decision, decode_batch)
+        if self._gang is not None and self._gang.is_complete():
+            self._merge_gang()
+
+        # SGLang's abort, idle and memory checks read last_batch: point it at the
+        # batch that holds KV beyond the running batch (the gang), else the decode.
+        self.last_batch = self._gang.batch if self._gang is not None else decode_batch
+        self.cur_batch_for_debug = self.last_batch
+        if decode_batch is None and not launched_prefill and self._gang is None:
+            self._sched_idled = True
+            self.on_idle()
+        if envs.SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_BUSY.get():
+            self.invariant_checker.self_check_during_busy()
+
+    def _drop_finished_from_running(self) -> None:
+        running = self.running_batch
+        size = running.batch_size()
+        running.filter_batch()
+        if running.batch_size() < size:
+            running.batch_is_full = False
+
+    def _start_gang(self) -> PrefillGang | None:
+        if self._should_defer_prefill(self.running_batch):
+            return None
+        plan = self.get_new_batch_prefill(self.running_batch)
+        self.running_batch = plan.running_batch
+        batch = plan.batch_to_run
+        if batch is None or batch.is_empty():
+            return None
+        batch.forward_mode = ForwardMode.SPLIT_PREFILL
+        self._arm_prefill_decode_interval(batch)
+        set_schedule_time_batch(batch)
+        self._mux_counters.gangs_started += 1
+        return PrefillGang(
+            batch=batch,
+            num_layers=self.model_config.num_hidden_layers,
+            rids=frozenset(req.rid for req in batch.reqs),
+        )
+
+    def _prepare_decode(self) -> Any | None:
+        running = self.running_batch
+        if running.is_empty() or running.is_prefill_only:
+            return None
+        batch = self.update_running_batch(running)
+        if batch is None or batch.is_empty():
+            return None
+        set_schedule_time_batch(batch)
+        return batch
+
+    def _mux_state(self, decode_batch: Any | None) -> MuxState:
+        gang = self._gang
+        return MuxState(
+            decode_batch_size=0 if decode_batch is None else decode_batch.batch_size(),
+            prefill_new_tokens=0 if gang is None else gang.new_tokens,
+            prefill_layers_left=0 if gang is None else gang.layers_left,
+            num_layers=self.model_config.num_hidden_layers,
+            splits=self._partition.splits,
+        )
+
+    def _execute(self, decision: MuxDecision, decode_batch: Any | None) -> bool:
+        """Launch the step's work in its partitions; returns whether prefill ran."""
+        split = decision.split_index
+        decode_result = None
+        if decode_batch is not None:
+            with self._partition.decode_scope(split):
+                decode_result = self.run_batch(decode_batch)
+        launch_prefill = self._gang is not None and decision.prefill_layers > 0
+        if launch_prefill:
+            with self._partition.prefill_scope(split):
+                self._launch_prefill_block(decision.prefill_layers, split)
+        if decode_batch is not None:
+            self._partition.wait_decode(split)
+            self.process_batch_result(decode_batch, decode_result)
+            self._mux_counters.decode_steps += 1
+        if launch_prefill:
+            self._mux_counters.prefill_blocks += 1
+            if decode_batch is not None:
+                self._mux_counters.mux_steps += 1
+        return launch_prefill
+
+    def _launch_prefill_block(self, layers: int, split: int) -> None:
+        gang = self._gang
+        batch = gang.batch
+        count = min(layers, gang.layers_left)
+        batch.split_forward_count = count
+        gang.result = self.run_batch(batch)
+        batch.split_index += count
+        if gang.fully_launched:
+            batch.split_prefill_finished = True
+            gang.done_event = self._partition.record_prefill_event(split)
+
+    def _merge_gang(self) -> None:
+        # NOTE: with a concurrent backend and TP > 1, ranks must agree that the
+        # gang completed before merging (all-reduce of the event query); the
+        # time-multiplexed backend completes every launch before it returns.
+        gang, self._gang = self._gang, None
+        batch = gang.batch
+        self.process_batch_result(batch, gang.result)
+        self._mux_counters.gangs_merged += 1
+        self._mux_counters.aborted_mid_prefill += sum(
+            isinstance(req.finished_reason, FINISH_ABORT) for req in batch.reqs
+        )
+        # The layer-split forward keeps activations on the batch; free them.
+        batch.split_forward_batch = None
+        # Finished requests (aborted, or done after one token) already released
+        # their KV while the result was processed: merging them would free it twice.
+        batch.filter_batch()
+        if batch.is_empty():
+            return
+        if self.running_batch.is_empty():
+            self.running_batch = batch
+        else:
+            self.running_batch.merge_batch(batch)
+
+    # ------------------------------------------------- SGLang bookkeeping hooks
+
+    def _collect_inflight_batches(self) -> list:
+        batches = super()._collect_inflight_batches()
+        gang = getattr(self, "_gang", None)
+        if gang is not None:
+            # Upstream's pdmux misses this: an abort of a request whose prefill
+            # is mid-split must reach it (it then finishes as aborted and frees KV).
+            batches.append(gang.batch)
+        return batches
+
+    def is_fully_idle(self, *args: Any, **kwargs: Any) -> bool:
+        if getattr(self, "_gang", None) is not None:
+            return False
+        return super().is_fully_idle(*args, **kwargs)
+
+    def get_internal_state(self, recv_req: Any) -> Any:
+        out = super().get_internal_state(recv_req)
+        out.internal_state["drift"] = self.drift_report()
+        return out
+
+    def drift_report(self) -> dict[str, Any]:
+        """drift's state for /server_info (``internal_states[i]["drift"]``)."""
+        gang = self._gang
+        return {
+            "partition_backend": self._partition.name,
+            "concurrent": self._partition.concurrent,
+            "splits": [[s.prefill_units, s.decode_units] for s in self._partition.splits],
+            "policy": type(self._mux_policy).__name__,
+            "layer_budget_tokens": self.drift_config.layer_budget_tokens,
+            "counters": self._mux_counters.as_dict(),
+            "gang_in_flight": None
+            if gang is None
+            else {"requests": len(gang.rids), "layers_done": gang.layers_done},
+            "kv_total_tokens": int(self.max_total_num_tokens),
+            "kv_available_tokens": int(self.token_to_kv_pool_allocator.available_size()),
+            "kv_evictable_tokens": int(self.tree_cache.evictable_size()),
+        }

@@ -1,0 +1,45 @@
+"""The prefill gang in flight: one batch of requests prefilled layer block by block."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from drift_sgl.partition.base import PhaseEvent
+
+
+@dataclass
+class PrefillGang:
+    """A SPLIT_PREFILL batch and its progress through the model's layers.
+
+    ``batch`` is SGLang's ``ScheduleBatch``; its ``split_index`` is the number
+    of layers launched so far (SGLang's model runner reads it).
+    """
+
+    batch: Any
+    num_layers: int
+    #: The result of the last block (carries the sampled tokens after the last layer).
+    result: Any = None
+    #: Completion event of the last layer block, once launched.
+    done_event: PhaseEvent | None = None
+    rids: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def layers_done(self) -> int:
+        return self.batch.split_index
+
+    @property
+    def layers_left(self) -> int:
+        return self.num_layers - self.batch.split_index
+
+    @property
+    def new_tokens(self) -> int:
+        return int(self.batch.extend_num_tokens or 0)
+
+    @property
+    def fully_launched(self) -> bool:
+        return self.layers_left == 0
+
+    def is_complete(self) -> bool:
+        """All layers launched and the last block has finished on the device."""
+        return self.fully_launched and self.done_event is not None and self.done_event.query()

@@ -1,0 +1,141 @@
+"""Check SGLang's server arguments against what drift's loop supports.
+
+Runs in the launcher before any process starts. A contradiction raises
+``DriftConfigError`` naming the flag; settings drift needs and the user left at
+their defaults are filled in and reported, so the startup log says what drift
+changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from drift_sgl.config import DriftConfigError
+
+CPU_MEM_FRACTION_STATIC = 0.7
+
+
+@dataclass(frozen=True)
+class _Incompatible:
+    field: str
+    flag: str
+    is_set: Callable[[Any], bool]
+    reason: str
+
+
+_INCOMPATIBLE = (
+    _Incompatible(
+        "enable_pdmux",
+        "--enable-pdmux",
+        bool,
+        "drift replaces upstream's PD-multiplexing loop; drop this flag",
+    ),
+    _Incompatible(
+        "pp_size",
+        "--pp-size",
+        lambda v: v is not None and v > 1,
+        "pipeline parallelism is not supported by drift's loop; use --tp or --dp",
+    ),
+    _Incompatible(
+        "disaggregation_mode",
+        "--disaggregation-mode",
+        lambda v: v not in (None, "null"),
+        "drift multiplexes prefill and decode on one instance instead of disaggregating them",
+    ),
+    _Incompatible(
+        "enable_mixed_chunk",
+        "--enable-mixed-chunk",
+        bool,
+        "drift runs prefill beside decode as layer blocks, not mixed into the decode batch",
+    ),
+    _Incompatible(
+        "speculative_algorithm",
+        "--speculative-algorithm",
+        lambda v: v is not None,
+        "speculative decoding is not supported by drift's loop yet",
+    ),
+    _Incompatible(
+        "enable_dp_attention",
+        "--enable-dp-attention",
+        bool,
+        "DP attention needs SGLang's MLP-sync loop; use plain --dp with drift",
+    ),
+    _Incompatible(
+        "enable_pd_role_switch",
+        "--enable-pd-role-switch",
+        bool,
+        "PD role switching is a disaggregation feature; drift serves both phases",
+    ),
+    _Incompatible(
+        "dllm_algorithm",
+        "--dllm-algorithm",
+        lambda v: v is not None,
+        "diffusion LLM decoding is not supported by drift's loop",
+    ),
+    _Incompatible(
+        "enable_hisparse",
+        "--enable-hisparse",
+        bool,
+        "HiSparse has its own prefill-to-decode transition, which drift's loop does not run",
+    ),
+)
+
+
+def check_and_complete(server_args: Any, device: str) -> list[str]:
+    """Validate ``server_args`` for drift and fill in what drift needs.
+
+    Args:
+        server_args: SGLang's raw (not yet resolved) ``ServerArgs``.
+        device: ``"cpu"`` or ``"cuda"``, as the launcher determined it.
+
+    Returns:
+        Human-readable notes about each setting drift filled in.
+
+    Raises:
+        DriftConfigError: a setting contradicts drift; the message names the flag.
+    """
+    for rule in _INCOMPATIBLE:
+        value = getattr(server_args, rule.field, None)
+        if rule.is_set(value):
+            raise DriftConfigError(rule.flag, rule.reason)
+
+    notes = []
+    chunk = server_args.chunked_prefill_size
+    if chunk is not None and chunk > 0:
+        raise DriftConfigError(
+            "--chunked-prefill-size",
+            f"{chunk} asks for chunked prefill, but drift runs each prefill as blocks of "
+            "layers beside decode; omit the flag or pass -1",
+        )
+    if chunk is None:
+        server_args.chunked_prefill_size = -1
+        notes.append("--chunked-prefill-size -1 (prefill runs as layer blocks)")
+    if not server_args.disable_overlap_schedule:
+        server_args.disable_overlap_schedule = True
+        notes.append("--disable-overlap-schedule (drift's loop overlaps phases itself)")
+    if device == "cpu":
+        notes += _complete_cpu(server_args)
+    return notes
+
+
+def _complete_cpu(server_args: Any) -> list[str]:
+    notes = []
+    if server_args.device is None:
+        server_args.device = "cpu"
+        notes.append("--device cpu (no NVIDIA driver on this machine)")
+    if server_args.attention_backend is None:
+        server_args.attention_backend = "torch_native"
+        notes.append("--attention-backend torch_native (the CPU attention backend on PyPI builds)")
+    if server_args.mem_fraction_static is None:
+        # SGLang reserves activation memory for a whole unchunked prefill
+        # (max_prefill_tokens x 1.5 MB), which exceeds a small machine's RAM and
+        # makes its estimate negative; on a CPU, keep SGLang's usual fraction.
+        server_args.mem_fraction_static = CPU_MEM_FRACTION_STATIC
+        notes.append(f"--mem-fraction-static {CPU_MEM_FRACTION_STATIC} (of RAM, for weights and KV)")
+    if not server_args.disable_cuda_graph:
+        # The CPU "graph" is a torch.compile path: minutes of compiling on small machines.
+        server_args.disable_cuda_graph = True
+        notes.append("--disable-cuda-graph (CPU graphs compile slowly and gain little)")
+    return notes

@@ -1,0 +1,91 @@
+"""Shared fixtures: a tiny model, and one real server per configuration.
+
+Servers are session-scoped (a CPU SGLang server takes 30-60 s to start) and
+always stopped through their process group, also when a test fails.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from drift_sgl.tools.server_process import ServerProcess, free_port, python_module_command
+
+API_KEY = "drift-test-key"
+#: Small enough that a prefill beside decode advances one layer per step, so
+#: the multiplexed path (several steps per prefill) is exercised.
+LAYER_BUDGET_TOKENS = 32
+
+COMMON_SERVER_ARGS = [
+    "--host", "127.0.0.1",
+    "--max-total-tokens", "8192",
+    "--skip-server-warmup",
+    "--enable-cache-report",
+    "--enable-metrics",
+    "--api-key", API_KEY,
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from drift_sgl.tools.tiny_model import write_tiny_model
+
+    return write_tiny_model(tmp_path_factory.mktemp("tiny-llama"), num_layers=6)
+
+
+@pytest.fixture(scope="session")
+def server_logs_dir() -> Path:
+    path = Path(os.environ.get("DRIFT_TEST_LOG_DIR", "test-logs"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _cpu_env() -> dict[str, str]:
+    from drift_sgl.cpu.environment import prepare_cpu_environment
+
+    env = dict(os.environ)
+    prepare_cpu_environment(env, offline=True, preload=False)
+    return env
+
+
+def _serve(server: ServerProcess) -> Iterator[ServerProcess]:
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def drift_server(tiny_model_dir: Path, server_logs_dir: Path) -> Iterator[ServerProcess]:
+    port = free_port()
+    args = python_module_command(
+        "drift_sgl.launch_server",
+        "--model-path", str(tiny_model_dir),
+        "--port", str(port),
+        *COMMON_SERVER_ARGS,
+        "--drift-layer-budget-tokens", str(LAYER_BUDGET_TOKENS),
+    )  # fmt: skip
+    server = ServerProcess(args, port, server_logs_dir / "drift.log", api_key=API_KEY)
+    yield from _serve(server)
+
+
+@pytest.fixture(scope="session")
+def sglang_server(tiny_model_dir: Path, server_logs_dir: Path) -> Iterator[ServerProcess]:
+    """Plain SGLang (its default scheduler) on the same model, for comparison."""
+    port = free_port()
+    args = python_module_command(
+        "sglang.launch_server",
+        "--model-path", str(tiny_model_dir),
+        "--port", str(port),
+        *COMMON_SERVER_ARGS,
+        "--device", "cpu",
+        "--attention-backend", "torch_native",
+        "--disable-cuda-graph",
+        "--disable-overlap-schedule",
+    )  # fmt: skip
+    server = ServerProcess(args, port, server_logs_dir / "sglang.log", env=_cpu_env(), api_key=API_KEY)
+    yield from _serve(server)

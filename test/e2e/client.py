@@ -1,0 +1,106 @@
+"""Small HTTP helpers for end-to-end tests (real requests, no SGLang mocks)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+import requests
+
+from drift_sgl.tools.server_process import ServerProcess
+
+
+def headers(server: ServerProcess) -> dict[str, str]:
+    return {"Authorization": f"Bearer {server.api_key}"} if server.api_key else {}
+
+
+def post(server: ServerProcess, path: str, body: Any, timeout: float = 120.0) -> requests.Response:
+    return requests.post(server.url + path, json=body, headers=headers(server), timeout=timeout)
+
+
+def get(server: ServerProcess, path: str, timeout: float = 30.0) -> requests.Response:
+    return requests.get(server.url + path, headers=headers(server), timeout=timeout)
+
+
+def generate_ids(server: ServerProcess, text: str, max_new_tokens: int = 16) -> list[int]:
+    """Greedy /generate; returns the output token ids."""
+    resp = post(
+        server,
+        "/generate",
+        {
+            "text": text,
+            "sampling_params": {
+                "max_new_tokens": max_new_tokens,
+                "temperature": 0,
+                "ignore_eos": True,
+            },
+        },
+    )
+    resp.raise_for_status()
+    return resp.json()["output_ids"]
+
+
+def chat(server: ServerProcess, messages: list[dict], max_tokens: int = 12, **extra: Any) -> dict:
+    """Greedy non-streaming chat completion; returns the response JSON."""
+    body = {
+        "model": "tiny",
+        "messages": messages,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+        **extra,
+    }
+    resp = post(server, "/v1/chat/completions", body)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def iter_sse(resp: requests.Response):
+    """Yield decoded ``data:`` payloads of a server-sent-event stream (stops at [DONE])."""
+    for line in resp.iter_lines():
+        if not line or not line.startswith(b"data:"):
+            continue
+        payload = line[len(b"data:") :].strip()
+        if payload == b"[DONE]":
+            return
+        yield json.loads(payload)
+
+
+def drift_state(server: ServerProcess) -> dict:
+    """drift's report from /server_info (first DP rank)."""
+    resp = get(server, "/server_info")
+    resp.raise_for_status()
+    return resp.json()["internal_states"][0]["drift"]
+
+
+def metric(server: ServerProcess, name: str) -> float:
+    """Sum of a Prometheus metric over its label sets."""
+    text = get(server, "/metrics").text
+    pattern = re.compile(rf"^{re.escape(name)}(?:{{[^}}]*}})? ([0-9.eE+-]+)$", re.M)
+    values = [float(v) for v in pattern.findall(text)]
+    if not values:
+        raise KeyError(f"metric {name} not exported")
+    return sum(values)
+
+
+def wait_drained_and_flush(server: ServerProcess, timeout_s: float = 120.0) -> None:
+    """Wait until no request is in flight, then flush the cache (asserting it worked)."""
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        last = post(server, "/flush_cache", {})
+        if last.status_code == 200:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"/flush_cache never succeeded: {last.status_code} {last.text}")
+
+
+def assert_kv_pool_empty(server: ServerProcess) -> None:
+    """After a flush, every KV slot is free and nothing is held by the radix tree."""
+    wait_drained_and_flush(server)
+    state = drift_state(server)
+    assert state["gang_in_flight"] is None
+    assert state["kv_available_tokens"] == state["kv_total_tokens"], state
+    assert state["kv_evictable_tokens"] == 0, state
