@@ -87,5 +87,7 @@ def sglang_server(tiny_model_dir: Path, server_logs_dir: Path) -> Iterator[Serve
         "--disable-cuda-graph",
         "--disable-overlap-schedule",
     )  # fmt: skip
-    server = ServerProcess(args, port, server_logs_dir / "sglang.log", env=_cpu_env(), api_key=API_KEY)
+    server = ServerProcess(
+        args, port, server_logs_dir / "sglang.log", env=_cpu_env(), api_key=API_KEY
+    )
     yield from _serve(server)

@@ -22,8 +22,18 @@ logger = logging.getLogger("drift_sgl")
 _USAGE = "python -m drift_sgl.launch_server --model-path PATH [SGLang args] [--drift-* args]"
 
 
+class _DriftArgParser(argparse.ArgumentParser):
+    """Reports a bad drift flag as ``DriftConfigError`` (one line, flag first)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        flag, _, reason = message.removeprefix("argument ").partition(": ")
+        raise DriftConfigError(flag.split("/")[0], reason or message)
+
+
 def _drift_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="drift_sgl.launch_server", usage=_USAGE, add_help=False)
+    parser = _DriftArgParser(
+        prog="drift_sgl.launch_server", usage=_USAGE, add_help=False, allow_abbrev=False
+    )
     add_drift_args(parser)
     return parser
 

@@ -63,6 +63,12 @@ _INCOMPATIBLE = (
         "DP attention needs SGLang's MLP-sync loop; use plain --dp with drift",
     ),
     _Incompatible(
+        "attn_dp_size",
+        "--attn-dp-size",
+        lambda v: v is not None and v > 1,
+        "DP attention needs SGLang's MLP-sync loop; use plain --dp with drift",
+    ),
+    _Incompatible(
         "enable_pd_role_switch",
         "--enable-pd-role-switch",
         bool,
@@ -133,7 +139,9 @@ def _complete_cpu(server_args: Any) -> list[str]:
         # (max_prefill_tokens x 1.5 MB), which exceeds a small machine's RAM and
         # makes its estimate negative; on a CPU, keep SGLang's usual fraction.
         server_args.mem_fraction_static = CPU_MEM_FRACTION_STATIC
-        notes.append(f"--mem-fraction-static {CPU_MEM_FRACTION_STATIC} (of RAM, for weights and KV)")
+        notes.append(
+            f"--mem-fraction-static {CPU_MEM_FRACTION_STATIC} (of RAM, for weights and KV)"
+        )
     if not server_args.disable_cuda_graph:
         # The CPU "graph" is a torch.compile path: minutes of compiling on small machines.
         server_args.disable_cuda_graph = True

@@ -12,7 +12,9 @@ TOPICS = ["weather", "tools", "rust", "paris", "numbers", "agents", "cache", "gp
 
 def user_turn(conv: int, turn: int) -> str:
     topic = TOPICS[(conv + turn) % len(TOPICS)]
-    return f"conversation {conv} turn {turn}: tell me about {topic} " + "and more " * (turn + conv % 3)
+    return f"conversation {conv} turn {turn}: tell me about {topic} " + "and more " * (
+        turn + conv % 3
+    )
 
 
 def run_conversation(server: ServerProcess, conv: int, turns: int) -> list[dict]:

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 PROMPTS = [
     "hello world",
     "The quick brown fox jumps over the lazy dog. " * 6,
-    "tool output: {\"status\": \"ok\", \"rows\": 42}",
+    'tool output: {"status": "ok", "rows": 42}',
     "0 1 2 3 4 5 6 7 8 9",
 ]
 
@@ -36,4 +36,7 @@ def test_concurrent_multi_turn_conversations_match_sglang(drift_server, sglang_s
     # path (decode step + prefill layer block in one step) really ran.
     assert after["mux_steps"] > before["mux_steps"]
     assert after["gangs_merged"] - before["gangs_merged"] >= 1
-    assert after["prefill_blocks"] - before["prefill_blocks"] > after["gangs_merged"] - before["gangs_merged"]
+    assert (
+        after["prefill_blocks"] - before["prefill_blocks"]
+        > after["gangs_merged"] - before["gangs_merged"]
+    )

@@ -12,7 +12,7 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from drift_sgl.cpu.stub import build_stub, has_nvidia_driver
+from drift_sgl.cpu.stub import build_stub, default_stub_dir, has_nvidia_driver
 
 #: Variables SGLang needs on a CPU; a value the user already set wins.
 CPU_ENV_DEFAULTS = {
@@ -79,7 +79,7 @@ def prepare_cpu_environment(
 
     stub = None
     if not has_nvidia_driver():
-        stub = build_stub()
+        stub = build_stub(default_stub_dir(env))
         paths = [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
         if str(stub.parent) not in paths:
             env["LD_LIBRARY_PATH"] = os.pathsep.join([str(stub.parent), *paths])

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 STUB_SONAME = "libcuda.so.1"
@@ -27,19 +28,15 @@ def has_nvidia_driver() -> bool:
     if Path("/proc/driver/nvidia").exists():
         return True
     try:
-        out = subprocess.run(
-            ["ldconfig", "-p"], capture_output=True, text=True, timeout=10
-        ).stdout
+        out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
         out = ""
-    return any(
-        STUB_SONAME in line and "drift-sgl" not in line for line in out.splitlines()
-    )
+    return any(STUB_SONAME in line and "drift-sgl" not in line for line in out.splitlines())
 
 
-def default_stub_dir() -> Path:
-    """Where the stub lives: inside the active environment, else the user cache."""
-    override = os.environ.get("DRIFT_SGL_STUB_DIR")
+def default_stub_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Where the stub lives: ``$DRIFT_SGL_STUB_DIR``, the active environment, or the user cache."""
+    override = (os.environ if env is None else env).get("DRIFT_SGL_STUB_DIR")
     if override:
         return Path(override)
     prefix_dir = Path(sys.prefix) / "lib" / "drift-sgl"
@@ -69,8 +66,21 @@ def build_stub(stub_dir: Path | None = None, compiler: str | None = None) -> Pat
     # a half-written library.
     with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so", delete=False) as tmp:
         tmp_path = Path(tmp.name)
-    cmd = [cc, "-shared", "-fPIC", "-O2", f"-Wl,-soname,{STUB_SONAME}", str(_SOURCE), "-o", str(tmp_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    cmd = [
+        cc,
+        "-shared",
+        "-fPIC",
+        "-O2",
+        f"-Wl,-soname,{STUB_SONAME}",
+        str(_SOURCE),
+        "-o",
+        str(tmp_path),
+    ]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    except OSError as err:
+        tmp_path.unlink(missing_ok=True)
+        raise StubBuildError(f"cannot run C compiler {cc!r}: {err}") from err
     if proc.returncode != 0:
         tmp_path.unlink(missing_ok=True)
         raise StubBuildError(f"building {target} failed: {proc.stderr.strip()}")

@@ -247,7 +247,11 @@ class DriftScheduler(Scheduler):
             "counters": self._mux_counters.as_dict(),
             "gang_in_flight": None
             if gang is None
-            else {"requests": len(gang.rids), "layers_done": gang.layers_done},
+            else {
+                "rids": sorted(gang.rids),
+                "layers_done": gang.layers_done,
+                "num_layers": gang.num_layers,
+            },
             "kv_total_tokens": int(self.max_total_num_tokens),
             "kv_available_tokens": int(self.token_to_kv_pool_allocator.available_size()),
             "kv_evictable_tokens": int(self.tree_cache.evictable_size()),

@@ -55,16 +55,18 @@ class ServerProcess:
     def start(self, timeout_s: float = 300.0) -> ServerProcess:
         """Start the command and block until ``/health`` answers 200."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            self.args,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=self.env,
-            start_new_session=True,
-        )
-        log.close()
+        with self.log_path.open("wb") as log:
+            try:
+                self.proc = subprocess.Popen(
+                    self.args,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=self.env,
+                    start_new_session=True,
+                )
+            except OSError as err:
+                raise ServerStartError(f"cannot start {self.args[0]!r}: {err}") from err
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -75,7 +77,9 @@ class ServerProcess:
                 return self
             time.sleep(1.0)
         self.stop()
-        raise ServerStartError(f"server not ready after {timeout_s:.0f}s; log tail:\n{self.log_tail()}")
+        raise ServerStartError(
+            f"server not ready after {timeout_s:.0f}s; log tail:\n{self.log_tail()}"
+        )
 
     def _healthy(self) -> bool:
         request = urllib.request.Request(self.url + "/health")

@@ -26,7 +26,7 @@ _CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
     "user: what is the capital of France? assistant: Paris is the capital.",
     "system: you are a helpful agent that calls tools and reads their output.",
-    "tool output: {\"status\": \"ok\", \"rows\": 42, \"elapsed_ms\": 3.5}",
+    'tool output: {"status": "ok", "rows": 42, "elapsed_ms": 3.5}',
     "0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20",
     "Multi-turn conversations reuse the prefix cache across turns.",
     "def add(a, b):\n    return a + b\n",
@@ -105,11 +105,15 @@ def main(argv: list[str] | None = None) -> None:
     """CLI entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path, help="directory to write the model into")
-    parser.add_argument("--layers", type=int, default=6, help="transformer layers (>= 4 recommended)")
+    parser.add_argument(
+        "--layers", type=int, default=6, help="transformer layers (>= 4 recommended)"
+    )
     parser.add_argument("--hidden-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    path = write_tiny_model(args.out_dir, num_layers=args.layers, hidden_size=args.hidden_size, seed=args.seed)
+    path = write_tiny_model(
+        args.out_dir, num_layers=args.layers, hidden_size=args.hidden_size, seed=args.seed
+    )
     print(f"tiny Llama written to {path}")
 
 

@@ -1,0 +1,46 @@
+# drift-sgl: `make setup` then `make test` (see README.md).
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+UV     := python3 -m uv
+MODEL  ?=
+PORT   ?= 30000
+ARGS   ?=
+TINY_MODEL_DIR ?= models/tiny-llama
+LINT_PATHS := python test bench
+
+.PHONY: setup test lint format serve tiny-model clean
+
+setup:
+	python3 -m pip install --quiet uv
+	$(UV) venv $(VENV) --python python3.11 --allow-existing
+	$(UV) pip install --python $(PY) -e '.[test]'
+	$(PY) -m drift_sgl.cpu.stub
+
+lint:
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+
+format:
+	$(VENV)/bin/ruff check --fix $(LINT_PATHS)
+	$(VENV)/bin/ruff format $(LINT_PATHS)
+
+test: lint
+	$(PY) -m pytest -q
+
+$(TINY_MODEL_DIR)/config.json:
+	$(PY) -m drift_sgl.tools.tiny_model $(TINY_MODEL_DIR)
+
+tiny-model: $(TINY_MODEL_DIR)/config.json
+
+# `make serve` serves the tiny model on CPU; `make serve MODEL=path ARGS="..."` a real one.
+ifeq ($(strip $(MODEL)),)
+serve: tiny-model
+	$(PY) -m drift_sgl.launch_server --model-path $(TINY_MODEL_DIR) --host 127.0.0.1 \
+		--port $(PORT) --max-total-tokens 8192 $(ARGS)
+else
+serve:
+	$(PY) -m drift_sgl.launch_server --model-path $(MODEL) --port $(PORT) $(ARGS)
+endif
+
+clean:
+	rm -rf test-logs .pytest_cache .ruff_cache

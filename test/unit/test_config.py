@@ -1,0 +1,225 @@
+"""drift's flags, their split from SGLang's, and the check of SGLang's ServerArgs."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from sglang.srt.server_args import prepare_server_args
+
+from drift_sgl import server_args_check
+from drift_sgl.config import DriftConfig, DriftConfigError
+from drift_sgl.launch_server import split_argv
+from drift_sgl.server_args_check import CPU_MEM_FRACTION_STATIC, check_and_complete
+
+# --- DriftConfig ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "flag"),
+    [
+        (dict(layer_budget_tokens=0), "--drift-layer-budget-tokens"),
+        (dict(layer_budget_tokens=-1), "--drift-layer-budget-tokens"),
+        (dict(partition="green"), "--drift-partition"),
+    ],
+)
+def test_config_error_starts_with_flag(kwargs, flag):
+    with pytest.raises(DriftConfigError) as info:
+        DriftConfig(**kwargs)
+    assert str(info.value).startswith(flag + ": ")
+    assert info.value.flag == flag
+    assert isinstance(info.value, ValueError)
+
+
+def test_config_defaults_are_valid():
+    config = DriftConfig()
+    assert config.partition == "auto"
+    assert config.layer_budget_tokens >= 1
+
+
+# --- split_argv ----------------------------------------------------------------
+
+
+def test_split_argv_separates_both_flag_forms():
+    argv = [
+        "--model-path", "/m",
+        "--drift-layer-budget-tokens", "64",
+        "--tp", "2",
+        "--drift-partition=time-mux",
+        "--disable-radix-cache",
+    ]  # fmt: skip
+    config, rest = split_argv(argv)
+    assert config == DriftConfig(partition="time-mux", layer_budget_tokens=64)
+    assert rest == ["--model-path", "/m", "--tp", "2", "--disable-radix-cache"]
+
+
+def test_split_argv_without_drift_flags_gives_defaults():
+    argv = ["--model-path", "/m", "--port=30001"]
+    config, rest = split_argv(argv)
+    assert config == DriftConfig()
+    assert rest == argv
+
+
+@pytest.mark.parametrize(
+    "argv", [["--drift-foo", "1"], ["--model-path", "/m", "--drift-foo=1"], ["--drift-foo"]]
+)
+def test_split_argv_rejects_unknown_drift_flag(argv):
+    with pytest.raises(DriftConfigError) as info:
+        split_argv(argv)
+    assert info.value.flag == "--drift-foo"
+    assert str(info.value).startswith("--drift-foo: ")
+
+
+def test_split_argv_validates_values():
+    with pytest.raises(DriftConfigError, match=r"^--drift-layer-budget-tokens: "):
+        split_argv(["--drift-layer-budget-tokens=0"])
+
+
+# --- check_and_complete with SGLang's real parser ------------------------------
+
+
+def server_args(*extra):
+    return prepare_server_args(["--model-path", "x", *extra])
+
+
+def test_defaults_are_completed_with_notes():
+    sa = server_args()
+    assert sa.chunked_prefill_size is None and sa.disable_overlap_schedule is False
+    notes = check_and_complete(sa, "cuda")
+    assert sa.chunked_prefill_size == -1
+    assert sa.disable_overlap_schedule is True
+    assert any("--chunked-prefill-size" in n for n in notes)
+    assert any("--disable-overlap-schedule" in n for n in notes)
+    assert sa.device is None  # CUDA: nothing CPU-specific filled in
+
+
+def test_explicit_compatible_values_need_no_notes():
+    sa = server_args("--chunked-prefill-size", "-1", "--disable-overlap-schedule")
+    assert check_and_complete(sa, "cuda") == []
+    assert sa.chunked_prefill_size == -1
+
+
+def test_chunked_prefill_is_rejected():
+    with pytest.raises(DriftConfigError) as info:
+        check_and_complete(server_args("--chunked-prefill-size", "512"), "cuda")
+    assert info.value.flag == "--chunked-prefill-size"
+    assert str(info.value).startswith("--chunked-prefill-size: ")
+
+
+@pytest.mark.parametrize(
+    ("extra", "flag"),
+    [
+        (["--enable-pdmux"], "--enable-pdmux"),
+        (["--pp-size", "2"], "--pp-size"),
+        (["--enable-mixed-chunk"], "--enable-mixed-chunk"),
+        (["--enable-dp-attention"], "--enable-dp-attention"),
+        (["--disaggregation-mode", "prefill"], "--disaggregation-mode"),
+        (["--disaggregation-mode", "decode"], "--disaggregation-mode"),
+        (["--speculative-algorithm", "EAGLE"], "--speculative-algorithm"),
+        (["--enable-pd-role-switch"], "--enable-pd-role-switch"),
+        (["--enable-hisparse"], "--enable-hisparse"),
+    ],
+)
+def test_incompatible_flag_is_rejected(extra, flag):
+    with pytest.raises(DriftConfigError) as info:
+        check_and_complete(server_args(*extra), "cpu")
+    assert info.value.flag == flag
+    assert str(info.value).startswith(flag + ": ")
+
+
+def test_every_incompatible_rule_names_a_real_sglang_field():
+    sa = server_args()
+    for rule in server_args_check._INCOMPATIBLE:
+        assert hasattr(sa, rule.field), rule.field
+        assert not rule.is_set(getattr(sa, rule.field)), rule.flag  # off by default
+
+
+def test_attn_dp_size_is_rejected_like_enable_dp_attention():
+    sa = server_args("--attn-dp-size", "2", "--tp", "2")
+    with pytest.raises(DriftConfigError, match=r"^--attn-dp-size"):
+        check_and_complete(sa, "cuda")
+
+
+def test_cpu_fills_device_settings():
+    sa = server_args()
+    notes = check_and_complete(sa, "cpu")
+    assert sa.device == "cpu"
+    assert sa.attention_backend == "torch_native"
+    assert sa.disable_cuda_graph is True
+    assert sa.mem_fraction_static == CPU_MEM_FRACTION_STATIC
+    for flag in ("--device", "--attention-backend", "--mem-fraction-static"):
+        assert any(n.startswith(flag) for n in notes), flag
+
+
+def test_cpu_keeps_user_values():
+    sa = server_args("--attention-backend", "intel_amx", "--mem-fraction-static", "0.5")
+    notes = check_and_complete(sa, "cpu")
+    assert sa.attention_backend == "intel_amx"
+    assert sa.mem_fraction_static == 0.5
+    assert sa.device == "cpu"
+    assert not any(n.startswith(("--attention-backend", "--mem-fraction-static")) for n in notes)
+
+
+# --- the launcher CLI (fails before any server process starts) -----------------
+
+
+def run_cli(*args, tmp_path):
+    env = dict(os.environ, DRIFT_SGL_STUB_DIR=str(tmp_path / "stub"))
+    return subprocess.run(
+        [sys.executable, "-m", "drift_sgl.launch_server", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+def test_cli_help(tmp_path):
+    proc = run_cli("--help", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for flag in ("--drift-layer-budget-tokens", "--drift-partition", "--model-path"):
+        assert flag in proc.stdout
+
+
+def error_lines(stderr):
+    return [line for line in stderr.splitlines() if line.startswith("drift-sgl: error: ")]
+
+
+def test_cli_rejects_chunked_prefill(tmp_path):
+    proc = run_cli(
+        "--model-path", "/nonexistent", "--chunked-prefill-size", "512", tmp_path=tmp_path
+    )
+    assert proc.returncode == 2, proc.stderr
+    errors = error_lines(proc.stderr)
+    assert len(errors) == 1, proc.stderr
+    assert errors[0].startswith("drift-sgl: error: --chunked-prefill-size")
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["--drift-layer-budget-tokens", "0"], "--drift-layer-budget-tokens"),
+        (["--drift-bogus", "1"], "--drift-bogus"),
+    ],
+)
+def test_cli_rejects_bad_drift_flags(args, flag, tmp_path):
+    proc = run_cli("--model-path", "/nonexistent", *args, tmp_path=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    errors = error_lines(proc.stderr)
+    assert len(errors) == 1, proc.stderr
+    assert errors[0].startswith(f"drift-sgl: error: {flag}")
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["--drift-layer-budget-tokens", "abc"], "--drift-layer-budget-tokens"),
+        (["--drift-partition", "bogus"], "--drift-partition"),
+        (["--drift-layer-budget", "5"], "--drift-layer-budget"),  # no abbreviations
+    ],
+)
+def test_bad_drift_values_are_one_error_naming_the_flag(argv, flag):
+    with pytest.raises(DriftConfigError) as info:
+        split_argv(argv)
+    assert str(info.value).startswith(flag + ":")
+    assert "\n" not in str(info.value)
