@@ -32,7 +32,8 @@ $(TINY_MODEL_DIR)/config.json:
 
 tiny-model: $(TINY_MODEL_DIR)/config.json
 
-# `make serve` serves the tiny model on CPU; `make serve MODEL=path ARGS="..."` a real one.
+# `make serve` serves the tiny model (on CPU when there is no NVIDIA driver);
+# `make serve MODEL=path ARGS="..."` serves a real one.
 ifeq ($(strip $(MODEL)),)
 serve: tiny-model
 	$(PY) -m drift_sgl.launch_server --model-path $(TINY_MODEL_DIR) --host 127.0.0.1 \

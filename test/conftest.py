@@ -67,6 +67,7 @@ def drift_server(tiny_model_dir: Path, server_logs_dir: Path) -> Iterator[Server
         "--model-path", str(tiny_model_dir),
         "--port", str(port),
         *COMMON_SERVER_ARGS,
+        "--device", "cpu",
         "--drift-layer-budget-tokens", str(LAYER_BUDGET_TOKENS),
     )  # fmt: skip
     server = ServerProcess(args, port, server_logs_dir / "drift.log", api_key=API_KEY)
@@ -91,3 +92,15 @@ def sglang_server(tiny_model_dir: Path, server_logs_dir: Path) -> Iterator[Serve
         args, port, server_logs_dir / "sglang.log", env=_cpu_env(), api_key=API_KEY
     )
     yield from _serve(server)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip tests marked ``gpu`` on machines without an NVIDIA driver."""
+    from drift_sgl.cpu.stub import has_nvidia_driver
+
+    if has_nvidia_driver():
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -88,9 +88,13 @@ def main(argv: list[str] | None = None) -> None:
         _fail(err)
     if device == "cpu":
         from drift_sgl.cpu.environment import model_path_is_local, prepare_cpu_environment
+        from drift_sgl.cpu.stub import StubBuildError
 
         # Before the first sglang import: some modules read these at import time.
-        env = prepare_cpu_environment(os.environ, offline=model_path_is_local(sglang_argv))
+        try:
+            env = prepare_cpu_environment(os.environ, offline=model_path_is_local(sglang_argv))
+        except StubBuildError as err:
+            _fail(DriftConfigError("--device cpu", str(err)))
         logger.info("drift: %s", env.describe())
 
     from sglang.srt.server_args import prepare_server_args
@@ -102,6 +106,8 @@ def main(argv: list[str] | None = None) -> None:
         notes = check_and_complete(server_args, device)
     except DriftConfigError as err:
         _fail(err)
+    if device == "cpu":
+        _bind_cpu_ranks(server_args)
     for note in notes:
         logger.info("drift: using %s", note)
     logger.info("drift: %s", config)
@@ -121,6 +127,18 @@ def _run(server_args: object, config: DriftConfig) -> None:
         launch_server(server_args, run_scheduler_process_func=entry)
     finally:
         kill_process_tree(os.getpid(), include_parent=False)
+
+
+def _bind_cpu_ranks(server_args: object) -> None:
+    from drift_sgl.cpu.environment import omp_threads_bind
+
+    ranks = server_args.dp_size * server_args.tp_size
+    if ranks <= 1 or "SGLANG_CPU_OMP_THREADS_BIND" in os.environ:
+        return
+    bind = omp_threads_bind(ranks, sorted(os.sched_getaffinity(0)))
+    if bind is not None:
+        os.environ["SGLANG_CPU_OMP_THREADS_BIND"] = bind
+        logger.info("drift: SGLANG_CPU_OMP_THREADS_BIND=%s (one core group per rank)", bind)
 
 
 def _fail(err: DriftConfigError) -> None:

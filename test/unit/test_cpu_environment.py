@@ -174,3 +174,14 @@ def test_stub_lets_sgl_kernel_and_torch_import(stub_dir):
 
 def test_default_stub_dir_reads_the_given_environment(tmp_path):
     assert stub.default_stub_dir({"DRIFT_SGL_STUB_DIR": str(tmp_path)}) == tmp_path
+
+
+def test_omp_threads_bind_gives_each_rank_its_cores():
+    from drift_sgl.cpu.environment import omp_threads_bind
+
+    assert omp_threads_bind(2, [0, 1]) == "0|1"
+    assert omp_threads_bind(2, [3, 2, 1, 0]) == "0-1|2-3"
+    assert omp_threads_bind(3, [0, 1, 2, 3, 4, 5, 6]) == "0-1|2-3|4-5"
+    assert omp_threads_bind(2, [0, 2, 4, 6]) == "0,2|4,6"
+    assert omp_threads_bind(1, [0, 1]) is None
+    assert omp_threads_bind(4, [0, 1]) is None

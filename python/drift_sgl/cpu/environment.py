@@ -90,3 +90,27 @@ def prepare_cpu_environment(
         if preload:
             ctypes.CDLL(str(stub), mode=ctypes.RTLD_GLOBAL)
     return CpuEnvironment(stub_path=stub, variables=applied)
+
+
+def omp_threads_bind(num_ranks: int, cpus: list[int]) -> str | None:
+    """SGLang's ``SGLANG_CPU_OMP_THREADS_BIND`` value giving each rank its own cores.
+
+    SGLang on a CPU refuses more ranks than NUMA nodes unless told which cores
+    each rank binds to ("0-3|4-7" for two ranks). Returns None for one rank, or
+    when there are fewer cores than ranks.
+    """
+    if num_ranks <= 1 or len(cpus) < num_ranks:
+        return None
+    cpus = sorted(cpus)
+    per_rank = len(cpus) // num_ranks
+    groups = [cpus[i * per_rank : (i + 1) * per_rank] for i in range(num_ranks)]
+    return "|".join(_cpu_list(group) for group in groups)
+
+
+def _cpu_list(cpus: list[int]) -> str:
+    # SGLang's own examples use ranges ("0-15"); fall back to a comma list.
+    if len(cpus) == 1:
+        return str(cpus[0])
+    if cpus == list(range(cpus[0], cpus[-1] + 1)):
+        return f"{cpus[0]}-{cpus[-1]}"
+    return ",".join(str(c) for c in cpus)

@@ -37,7 +37,8 @@ def create_partition_backend(requested: str, device: str, cpu_threads: int) -> B
     if requested not in BACKEND_NAMES:
         raise ValueError(f"unknown partition backend {requested!r}; choose from {BACKEND_NAMES}")
     if requested == "time-mux":
-        return BackendChoice(TimeMultiplexedBackend(cpu_threads), "requested")
+        units = cpu_threads if device == "cpu" else _gpu_sm_count()
+        return BackendChoice(TimeMultiplexedBackend(units), "requested")
     if device == "cpu":
         return BackendChoice(TimeMultiplexedBackend(cpu_threads), "CPU device: no SM partitions")
     return BackendChoice(
