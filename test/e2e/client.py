@@ -42,8 +42,8 @@ def generate_ids(server: ServerProcess, text: str, max_new_tokens: int = 16) -> 
     return resp.json()["output_ids"]
 
 
-def chat(server: ServerProcess, messages: list[dict], max_tokens: int = 12, **extra: Any) -> dict:
-    """Greedy non-streaming chat completion; returns the response JSON."""
+def chat_body(messages: list[dict], max_tokens: int, stream: bool = False, **extra: Any) -> dict:
+    """A greedy chat-completion request body (ignore_eos: exact lengths)."""
     body = {
         "model": "tiny",
         "messages": messages,
@@ -52,9 +52,29 @@ def chat(server: ServerProcess, messages: list[dict], max_tokens: int = 12, **ex
         "ignore_eos": True,
         **extra,
     }
-    resp = post(server, "/v1/chat/completions", body)
+    if stream:
+        body["stream"] = True
+    return body
+
+
+def chat(server: ServerProcess, messages: list[dict], max_tokens: int = 12, **extra: Any) -> dict:
+    """Greedy non-streaming chat completion; returns the response JSON."""
+    resp = post(server, "/v1/chat/completions", chat_body(messages, max_tokens, **extra))
     assert resp.status_code == 200, resp.text
     return resp.json()
+
+
+def open_chat_stream(
+    server: ServerProcess, body: dict, timeout: float = 120.0
+) -> requests.Response:
+    """POST a streaming chat completion; use the response as a context manager."""
+    return requests.post(
+        server.url + "/v1/chat/completions",
+        json=body,
+        headers=headers(server),
+        stream=True,
+        timeout=timeout,
+    )
 
 
 def iter_sse(resp: requests.Response):

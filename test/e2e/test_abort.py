@@ -9,7 +9,14 @@ import uuid
 import pytest
 import requests
 
-from e2e.client import assert_kv_pool_empty, drift_state, headers, post
+from e2e.client import (
+    assert_kv_pool_empty,
+    chat_body,
+    drift_state,
+    headers,
+    open_chat_stream,
+    post,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -79,22 +86,10 @@ def test_abort_mid_split_prefill_frees_kv_and_reports_abort(drift_server):
 
 
 def test_client_disconnect_mid_stream_frees_kv(drift_server):
-    body = {
-        "model": "tiny",
-        "messages": [{"role": "user", "content": _unique_prompt("d", 200)}],
-        "max_tokens": 400,
-        "temperature": 0,
-        "ignore_eos": True,
-        "stream": True,
-    }
+    messages = [{"role": "user", "content": _unique_prompt("d", 200)}]
+    body = chat_body(messages, max_tokens=400, stream=True)
     for _ in range(3):
-        with requests.post(
-            drift_server.url + "/v1/chat/completions",
-            json=body,
-            headers=headers(drift_server),
-            stream=True,
-            timeout=60,
-        ) as resp:
+        with open_chat_stream(drift_server, body, timeout=60) as resp:
             assert resp.status_code == 200
             lines = resp.iter_lines()
             for _ in range(5):

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import requests
 
-from e2e.client import chat, drift_state, get, headers, iter_sse, post
+from e2e.client import chat, chat_body, drift_state, get, iter_sse, open_chat_stream, post
 
 pytestmark = pytest.mark.slow
 
@@ -22,21 +21,8 @@ def test_chat_completion_non_streaming(drift_server):
 
 def test_chat_completion_streaming_matches_non_streaming(drift_server):
     expected = chat(drift_server, MESSAGES, max_tokens=10)["choices"][0]["message"]["content"]
-    body = {
-        "model": "tiny",
-        "messages": MESSAGES,
-        "max_tokens": 10,
-        "temperature": 0,
-        "ignore_eos": True,
-        "stream": True,
-    }
-    with requests.post(
-        drift_server.url + "/v1/chat/completions",
-        json=body,
-        headers=headers(drift_server),
-        stream=True,
-        timeout=120,
-    ) as resp:
+    body = chat_body(MESSAGES, max_tokens=10, stream=True)
+    with open_chat_stream(drift_server, body) as resp:
         assert resp.status_code == 200
         chunks = list(iter_sse(resp))
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])

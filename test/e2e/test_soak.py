@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import pytest
 import requests
 
-from e2e.client import assert_kv_pool_empty, drift_state, headers, iter_sse
+from e2e.client import assert_kv_pool_empty, chat_body, drift_state, iter_sse, open_chat_stream
 
 pytestmark = pytest.mark.slow
 
@@ -29,22 +29,8 @@ class ClientLog:
 
 def _one_turn(server, messages, max_tokens: int, drop_after: int | None, log: ClientLog):
     """Stream one turn; returns the reply text, or None when the client dropped it."""
-    body = {
-        "model": "tiny",
-        "messages": messages,
-        "max_tokens": max_tokens,
-        "temperature": 0,
-        "ignore_eos": True,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    with requests.post(
-        server.url + "/v1/chat/completions",
-        json=body,
-        headers=headers(server),
-        stream=True,
-        timeout=300,
-    ) as resp:
+    body = chat_body(messages, max_tokens, stream=True, stream_options={"include_usage": True})
+    with open_chat_stream(server, body, timeout=300) as resp:
         if resp.status_code != 200:
             log.errors.append(f"HTTP {resp.status_code}: {resp.text[:200]}")
             return None

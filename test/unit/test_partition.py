@@ -123,3 +123,11 @@ def test_describe_names_backend_and_table():
     assert "4 units" in text
     assert "4:0" in text and "0:4" in text
     assert "\n" not in text
+
+
+def test_device_units_on_cpu_is_the_thread_count():
+    import torch
+
+    from drift_sgl.partition import device_units
+
+    assert device_units("cpu") == torch.get_num_threads()

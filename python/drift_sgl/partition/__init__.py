@@ -14,6 +14,7 @@ __all__ = [
     "SmSplit",
     "TimeMultiplexedBackend",
     "create_partition_backend",
+    "device_units",
 ]
 
 BACKEND_NAMES = ("auto", "time-mux")
@@ -27,8 +28,13 @@ class BackendChoice:
     reason: str
 
 
-def create_partition_backend(requested: str, device: str, cpu_threads: int) -> BackendChoice:
+def create_partition_backend(requested: str, device: str, units: int) -> BackendChoice:
     """Pick the partition backend for this scheduler process.
+
+    Args:
+        requested: ``auto`` or a backend name from ``BACKEND_NAMES``.
+        device: SGLang's device (``cpu``, ``cuda``, ...).
+        units: the device's compute units (``device_units(device)``).
 
     ``auto`` chooses green-context partitions on a capable NVIDIA GPU once that
     backend exists (a later milestone), and the time-multiplexed backend
@@ -37,19 +43,19 @@ def create_partition_backend(requested: str, device: str, cpu_threads: int) -> B
     if requested not in BACKEND_NAMES:
         raise ValueError(f"unknown partition backend {requested!r}; choose from {BACKEND_NAMES}")
     if requested == "time-mux":
-        units = cpu_threads if device == "cpu" else _gpu_sm_count()
         return BackendChoice(TimeMultiplexedBackend(units), "requested")
     if device == "cpu":
-        return BackendChoice(TimeMultiplexedBackend(cpu_threads), "CPU device: no SM partitions")
+        return BackendChoice(TimeMultiplexedBackend(units), "CPU device: no SM partitions")
     return BackendChoice(
-        TimeMultiplexedBackend(_gpu_sm_count()),
+        TimeMultiplexedBackend(units),
         "green-context partitions are not implemented yet on this build",
     )
 
 
-def _gpu_sm_count() -> int:
+def device_units(device: str) -> int:
+    """Compute units of this process's device: SMs of the current GPU, or CPU threads."""
     import torch
 
-    if not torch.cuda.is_available():
-        return 1
+    if device == "cpu" or not torch.cuda.is_available():
+        return torch.get_num_threads()
     return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 from typing import Any, ClassVar
 
-import torch
 from sglang.srt.environ import envs
 from sglang.srt.managers.schedule_batch import FINISH_ABORT
 from sglang.srt.managers.scheduler import Scheduler
@@ -31,7 +30,7 @@ from sglang.srt.observability.req_time_stats import set_schedule_time_batch
 from sglang.srt.utils import DynamicGradMode
 
 from drift_sgl.config import DriftConfig
-from drift_sgl.partition import create_partition_backend
+from drift_sgl.partition import create_partition_backend, device_units
 from drift_sgl.policy import LayerBudgetRule, MuxDecision, MuxState
 from drift_sgl.scheduler.counters import MuxCounters
 from drift_sgl.scheduler.gang import PrefillGang
@@ -58,7 +57,7 @@ class DriftScheduler(Scheduler):
         self.enable_pdmux = True
         self._require_split_prefill()
         config = self.drift_config
-        choice = create_partition_backend(config.partition, self.device, torch.get_num_threads())
+        choice = create_partition_backend(config.partition, self.device, device_units(self.device))
         self._partition = choice.backend
         self._mux_policy = LayerBudgetRule(layer_budget_tokens=config.layer_budget_tokens)
         self._gang: PrefillGang | None = None
