@@ -60,13 +60,17 @@ def split_argv(argv: list[str]) -> tuple[DriftConfig, list[str]]:
 
 
 def resolve_device(sglang_argv: list[str]) -> str:
-    """``cpu`` when asked for, or when the machine has no NVIDIA driver."""
+    """The device to serve on: as given, else ``cuda`` with an NVIDIA driver, else ``cpu``.
+
+    Only ``cuda`` needs the NVIDIA driver; other accelerators SGLang supports
+    are passed through (drift runs time-multiplexed there).
+    """
     from drift_sgl.cpu.environment import requested_device
     from drift_sgl.cpu.stub import has_nvidia_driver
 
     device = requested_device(sglang_argv)
     if device is not None:
-        if device != "cpu" and not has_nvidia_driver():
+        if device == "cuda" and not has_nvidia_driver():
             raise DriftConfigError(
                 "--device", f"{device!r} needs an NVIDIA driver, and none is installed here"
             )

@@ -223,3 +223,17 @@ def test_bad_drift_values_are_one_error_naming_the_flag(argv, flag):
         split_argv(argv)
     assert str(info.value).startswith(flag + ":")
     assert "\n" not in str(info.value)
+
+
+def test_resolve_device():
+    from drift_sgl.cpu.stub import has_nvidia_driver
+    from drift_sgl.launch_server import resolve_device
+
+    assert resolve_device(["--device", "cpu"]) == "cpu"
+    assert resolve_device(["--device=xpu"]) == "xpu"
+    if has_nvidia_driver():
+        assert resolve_device([]) == "cuda"
+        return
+    assert resolve_device(["--model-path", "m"]) == "cpu"
+    with pytest.raises(DriftConfigError, match=r"^--device: 'cuda' needs an NVIDIA driver"):
+        resolve_device(["--device", "cuda"])

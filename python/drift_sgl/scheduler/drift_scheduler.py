@@ -1,10 +1,12 @@
 """DriftScheduler: SGLang's Scheduler with a prefill/decode-multiplexing loop.
 
 One step of the loop (docs/architecture.md walks through it):
-  1. ingest requests (SGLang);
+  1. ingest requests (SGLang; in ``event_loop_pdmux``), then SGLang's per-step
+     housekeeping (pending chunked aborts, hierarchical-cache events);
   2. drop finished requests from the running batch;
-  3. if no prefill gang is in flight, admit one from the waiting queue with
-     SGLang's own admission (radix-cache prefix matching included);
+  3. if no prefill gang is in flight (and SGLang's --prefill-decode-interval
+     does not defer prefill), admit one from the waiting queue with SGLang's
+     own admission (radix-cache prefix matching included);
   4. prepare the decode step of the running batch (SGLang, may retract);
   5. ask the policy for a split and a number of prefill layers;
   6. launch decode in the decode partition, the next prefill layer block in
