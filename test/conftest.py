@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from drift_sgl.tools.server_process import ServerProcess, free_port, python_module_command
+from e2e.servers import drift_server_process, serve
 
 API_KEY = "drift-test-key"
 #: Small enough that a prefill beside decode advances one layer per step, so
@@ -20,9 +21,7 @@ API_KEY = "drift-test-key"
 LAYER_BUDGET_TOKENS = 32
 
 COMMON_SERVER_ARGS = [
-    "--host", "127.0.0.1",
     "--max-total-tokens", "8192",
-    "--skip-server-warmup",
     "--enable-cache-report",
     "--enable-metrics",
     "--api-key", API_KEY,
@@ -51,27 +50,16 @@ def _cpu_env() -> dict[str, str]:
     return env
 
 
-def _serve(server: ServerProcess) -> Iterator[ServerProcess]:
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture(scope="session")
 def drift_server(tiny_model_dir: Path, server_logs_dir: Path) -> Iterator[ServerProcess]:
-    port = free_port()
-    args = python_module_command(
-        "drift_sgl.launch_server",
-        "--model-path", str(tiny_model_dir),
-        "--port", str(port),
+    server = drift_server_process(
+        tiny_model_dir,
+        server_logs_dir / "drift.log",
         *COMMON_SERVER_ARGS,
-        "--device", "cpu",
         "--drift-layer-budget-tokens", str(LAYER_BUDGET_TOKENS),
+        api_key=API_KEY,
     )  # fmt: skip
-    server = ServerProcess(args, port, server_logs_dir / "drift.log", api_key=API_KEY)
-    yield from _serve(server)
+    yield from serve(server)
 
 
 @pytest.fixture(scope="session")
@@ -81,7 +69,9 @@ def sglang_server(tiny_model_dir: Path, server_logs_dir: Path) -> Iterator[Serve
     args = python_module_command(
         "sglang.launch_server",
         "--model-path", str(tiny_model_dir),
+        "--host", "127.0.0.1",
         "--port", str(port),
+        "--skip-server-warmup",
         *COMMON_SERVER_ARGS,
         "--device", "cpu",
         "--attention-backend", "torch_native",
@@ -91,7 +81,7 @@ def sglang_server(tiny_model_dir: Path, server_logs_dir: Path) -> Iterator[Serve
     server = ServerProcess(
         args, port, server_logs_dir / "sglang.log", env=_cpu_env(), api_key=API_KEY
     )
-    yield from _serve(server)
+    yield from serve(server)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -139,7 +139,7 @@ def _bind_cpu_ranks(server_args: object) -> None:
     ranks = server_args.dp_size * server_args.tp_size
     if ranks <= 1 or "SGLANG_CPU_OMP_THREADS_BIND" in os.environ:
         return
-    bind = omp_threads_bind(ranks, sorted(os.sched_getaffinity(0)))
+    bind = omp_threads_bind(ranks, list(os.sched_getaffinity(0)))
     if bind is not None:
         os.environ["SGLANG_CPU_OMP_THREADS_BIND"] = bind
         logger.info("drift: SGLANG_CPU_OMP_THREADS_BIND=%s (one core group per rank)", bind)

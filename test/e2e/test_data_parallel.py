@@ -6,31 +6,22 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from drift_sgl.tools.server_process import ServerProcess, free_port, python_module_command
 from e2e.client import generate_ids, get
+from e2e.servers import drift_server_process, serve
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def drift_dp_server(tiny_model_dir, server_logs_dir):
-    port = free_port()
-    args = python_module_command(
-        "drift_sgl.launch_server",
-        "--model-path", str(tiny_model_dir),
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--device", "cpu",
+    server = drift_server_process(
+        tiny_model_dir,
+        server_logs_dir / "drift-dp2.log",
         "--dp", "2",
         "--max-total-tokens", "4096",
-        "--skip-server-warmup",
     )  # fmt: skip
-    server = ServerProcess(args, port, server_logs_dir / "drift-dp2.log")
-    try:
-        # Three processes import the whole stack on 2 cores: allow a slow start.
-        yield server.start(timeout_s=600)
-    finally:
-        server.stop()
+    # Three processes import the whole stack on 2 cores: allow a slow start.
+    yield from serve(server, timeout_s=600)
 
 
 def test_every_dp_rank_runs_drift(drift_dp_server, sglang_server):

@@ -7,8 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from drift_sgl.tools.server_process import ServerProcess, free_port, python_module_command
 from e2e.client import assert_kv_pool_empty, drift_state, post
+from e2e.servers import drift_server_process, serve
 
 pytestmark = pytest.mark.slow
 
@@ -19,25 +19,17 @@ OUTPUT_TOKENS = 160
 
 @pytest.fixture(scope="module")
 def retracting_server(tiny_model_dir, server_logs_dir):
-    port = free_port()
-    args = python_module_command(
-        "drift_sgl.launch_server",
-        "--model-path", str(tiny_model_dir),
-        "--device", "cpu",
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--max-total-tokens", str(KV_TOKENS),
-        "--skip-server-warmup",
-        "--drift-layer-budget-tokens", "32",
-    )  # fmt: skip
     # SGLang's own retraction test hook: retract running decodes every few
     # forward passes, as KV pressure would, while drift may have a gang in flight.
     env = dict(os.environ, SGLANG_TEST_RETRACT="1", SGLANG_TEST_RETRACT_INTERVAL="7")
-    server = ServerProcess(args, port, server_logs_dir / "drift-retract.log", env=env)
-    try:
-        yield server.start(timeout_s=600)
-    finally:
-        server.stop()
+    server = drift_server_process(
+        tiny_model_dir,
+        server_logs_dir / "drift-retract.log",
+        "--max-total-tokens", str(KV_TOKENS),
+        "--drift-layer-budget-tokens", "32",
+        env=env,
+    )  # fmt: skip
+    yield from serve(server, timeout_s=600)
 
 
 def _generate(server, i: int) -> dict:

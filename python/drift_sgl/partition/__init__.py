@@ -43,13 +43,12 @@ def create_partition_backend(requested: str, device: str, units: int) -> Backend
     if requested not in BACKEND_NAMES:
         raise ValueError(f"unknown partition backend {requested!r}; choose from {BACKEND_NAMES}")
     if requested == "time-mux":
-        return BackendChoice(TimeMultiplexedBackend(units), "requested")
-    if device == "cpu":
-        return BackendChoice(TimeMultiplexedBackend(units), "CPU device: no SM partitions")
-    return BackendChoice(
-        TimeMultiplexedBackend(units),
-        "green-context partitions are not implemented yet on this build",
-    )
+        reason = "requested"
+    elif device == "cpu":
+        reason = "CPU device: no SM partitions"
+    else:
+        reason = "green-context partitions are not implemented yet on this build"
+    return BackendChoice(TimeMultiplexedBackend(units), reason)
 
 
 def device_units(device: str) -> int:

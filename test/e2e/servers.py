@@ -1,0 +1,37 @@
+"""Starting drift servers on the tiny model for end-to-end tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from drift_sgl.tools.server_process import ServerProcess, free_port, python_module_command
+
+
+def drift_server_process(
+    model_dir: Path,
+    log_path: Path,
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    api_key: str | None = None,
+) -> ServerProcess:
+    """A drift server on CPU at a free port of 127.0.0.1 (not started yet)."""
+    port = free_port()
+    command = python_module_command(
+        "drift_sgl.launch_server",
+        "--model-path", str(model_dir),
+        "--device", "cpu",
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--skip-server-warmup",
+        *args,
+    )  # fmt: skip
+    return ServerProcess(command, port, log_path, env=env, api_key=api_key)
+
+
+def serve(server: ServerProcess, timeout_s: float = 300.0) -> Iterator[ServerProcess]:
+    """Fixture body: start the server, yield it, stop its process group whatever happens."""
+    try:
+        yield server.start(timeout_s=timeout_s)
+    finally:
+        server.stop()
