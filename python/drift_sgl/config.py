@@ -8,6 +8,7 @@ scheduler entry (see ``drift_sgl.entry``).
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass, fields
 
 from drift_sgl.partition import BACKEND_NAMES
@@ -30,6 +31,11 @@ class DriftConfig:
     #: Prefill work launched beside one decode step, in new tokens x layers.
     #: The layer-budget rule launches ``budget // new_tokens`` layers (at least 1).
     layer_budget_tokens: int = 32768
+    #: Latency profile (``python -m drift_sgl.profile``); None: estimate (GPU) or
+    #: a quick calibration (CPU).
+    profile: str | None = None
+    #: Use a profile even if its model or device differs from the server's.
+    profile_allow_mismatch: bool = False
 
     def __post_init__(self) -> None:
         if self.partition not in BACKEND_NAMES:
@@ -41,6 +47,8 @@ class DriftConfig:
             raise DriftConfigError(
                 "--drift-layer-budget-tokens", f"must be >= 1, got {self.layer_budget_tokens}"
             )
+        if self.profile is not None and not os.path.isfile(self.profile):
+            raise DriftConfigError("--drift-profile", f"no such file: {self.profile}")
 
 
 _HELP = {
@@ -54,6 +62,14 @@ _HELP = {
         "a prefill of N new tokens advances max(1, budget // N) layers per step. Smaller "
         "values interleave prefill more finely with decode. Default: %(default)s."
     ),
+    "profile": (
+        "latency profile JSON from `python -m drift_sgl.profile run|fit|estimate`. Without "
+        "one: an estimate for the detected GPU, or a quick calibration on a CPU."
+    ),
+    "profile_allow_mismatch": (
+        "use --drift-profile even when its model or device differs from the server's "
+        "(predictions will be off)."
+    ),
 }
 
 
@@ -65,7 +81,9 @@ def add_drift_args(parser: argparse.ArgumentParser) -> None:
         kwargs = {"default": field.default, "help": _HELP[field.name], "dest": field.name}
         if field.name == "partition":
             kwargs["choices"] = BACKEND_NAMES
-        else:
+        elif field.type == "bool":
+            kwargs["action"] = "store_true"
+        elif field.type == "int":
             kwargs["type"] = int
         group.add_argument(flag, **kwargs)
 

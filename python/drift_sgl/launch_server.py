@@ -112,6 +112,11 @@ def main(argv: list[str] | None = None) -> None:
         _fail(err)
     if device == "cpu":
         _bind_cpu_ranks(server_args)
+    if config.profile is not None:
+        try:
+            _check_profile(config, server_args, device)
+        except DriftConfigError as err:
+            _fail(err)
     for note in notes:
         logger.info("drift: using %s", note)
     logger.info("drift: %s", config)
@@ -131,6 +136,30 @@ def _run(server_args: object, config: DriftConfig) -> None:
         launch_server(server_args, run_scheduler_process_func=entry)
     finally:
         kill_process_tree(os.getpid(), include_parent=False)
+
+
+def _check_profile(config: DriftConfig, server_args: object, device: str) -> None:
+    """Refuse a profile of another model or device before any process starts."""
+    from sglang.srt.configs.model_config import ModelConfig
+
+    from drift_sgl.latency.identity import cpu_name
+    from drift_sgl.latency.model import ProfileError
+    from drift_sgl.latency.select import load_checked_profile, model_identity
+
+    if device == "cuda":
+        import torch
+
+        device_name = torch.cuda.get_device_name(server_args.base_gpu_id)
+    else:
+        device_name = cpu_name() if device == "cpu" else device
+    model = model_identity(ModelConfig.from_server_args(server_args))
+    try:
+        profile = load_checked_profile(
+            config.profile, model, device_name, config.profile_allow_mismatch
+        )
+    except (ProfileError, OSError) as err:
+        raise DriftConfigError("--drift-profile", str(err)) from None
+    logger.info("drift: latency profile %s: %s", config.profile, profile.describe())
 
 
 def _bind_cpu_ranks(server_args: object) -> None:

@@ -29,9 +29,11 @@ from sglang.srt.managers.schedule_batch import FINISH_ABORT
 from sglang.srt.managers.scheduler import Scheduler
 from sglang.srt.model_executor.forward_batch_info import ForwardMode
 from sglang.srt.observability.req_time_stats import set_schedule_time_batch
+from sglang.srt.runtime_context import get_device
 from sglang.srt.utils import DynamicGradMode
 
 from drift_sgl.config import DriftConfig
+from drift_sgl.latency.select import device_identity, model_identity, select_latency_model
 from drift_sgl.partition import create_partition_backend, device_units
 from drift_sgl.policy import LayerBudgetRule, MuxDecision, MuxState
 from drift_sgl.scheduler.counters import MuxCounters
@@ -59,8 +61,18 @@ class DriftScheduler(Scheduler):
         self.enable_pdmux = True
         self._require_split_prefill()
         config = self.drift_config
-        choice = create_partition_backend(config.partition, self.device, device_units(self.device))
+        units = device_units(self.device)
+        choice = create_partition_backend(config.partition, self.device, units)
         self._partition = choice.backend
+        latency = select_latency_model(
+            config.profile,
+            config.profile_allow_mismatch,
+            self.model_config.hf_config.to_dict(),
+            model_identity(self.model_config),
+            device_identity(self.device, units, get_device().gpu_id),
+        )
+        self.latency_model = latency.model
+        logger.info("drift: latency model: %s", latency.reason)
         self._mux_policy = LayerBudgetRule(layer_budget_tokens=config.layer_budget_tokens)
         self._gang: PrefillGang | None = None
         self._mux_counters = MuxCounters()
@@ -246,6 +258,12 @@ class DriftScheduler(Scheduler):
             "policy": type(self._mux_policy).__name__,
             "layer_budget_tokens": self.drift_config.layer_budget_tokens,
             "counters": self._mux_counters.as_dict(),
+            "latency_model": {
+                "source": self.latency_model.source,
+                "estimated": self.latency_model.estimated,
+                "profile": self.drift_config.profile,
+                "errors": self.latency_model.errors,
+            },
             "gang_in_flight": None
             if gang is None
             else {

@@ -1,0 +1,122 @@
+"""What a profile was measured on: the model's shapes and the device.
+
+A profile only predicts well for the model and device it was measured on, so
+the server compares both before it trusts one (see ``profile_mismatches``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """The shapes that decide a model's latency (names follow HF config.json)."""
+
+    architecture: str
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    dtype: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any]) -> ModelIdentity:
+        return cls(**{key: row[key] for key in cls.__dataclass_fields__})
+
+    @classmethod
+    def from_hf_config(cls, config: dict[str, Any], dtype: str | None = None) -> ModelIdentity:
+        """From a config.json dict; ``dtype`` (SGLang's ``--dtype``) wins unless ``auto``."""
+        text = text_config(config)
+        heads = int(text["num_attention_heads"])
+        architectures = config.get("architectures") or ["unknown"]
+        if dtype in (None, "", "auto"):
+            dtype = str(text.get("torch_dtype") or text.get("dtype") or "float32")
+        return cls(
+            architecture=str(architectures[0]),
+            num_layers=int(text["num_hidden_layers"]),
+            hidden_size=int(text["hidden_size"]),
+            num_heads=heads,
+            num_kv_heads=int(text.get("num_key_value_heads") or heads),
+            dtype=normalize_dtype(dtype),
+        )
+
+
+@dataclass(frozen=True)
+class DeviceIdentity:
+    """The device a profile describes; ``total_sm`` is SMs (GPU) or threads (CPU)."""
+
+    kind: str
+    name: str
+    total_sm: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any]) -> DeviceIdentity:
+        return cls(**{key: row[key] for key in cls.__dataclass_fields__})
+
+
+def text_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The language-model part of a (possibly multimodal) config."""
+    if "num_hidden_layers" not in config and isinstance(config.get("text_config"), dict):
+        return config["text_config"]
+    return config
+
+
+def normalize_dtype(dtype: str) -> str:
+    name = str(dtype).removeprefix("torch.")
+    return {"half": "float16", "fp16": "float16", "bf16": "bfloat16", "float": "float32"}.get(
+        name, name
+    )
+
+
+def read_hf_config(model_path: str | Path) -> dict[str, Any]:
+    """config.json of a local model directory; raises ``FileNotFoundError``."""
+    path = Path(model_path) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found (a local model directory is needed here)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (or the platform's processor string)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return "cpu: " + line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return "cpu: " + (platform.processor() or platform.machine())
+
+
+def cpu_device() -> DeviceIdentity:
+    """This machine's CPU; its threads are the cores this process may run on."""
+    return DeviceIdentity(kind="cpu", name=cpu_name(), total_sm=len(os.sched_getaffinity(0)))
+
+
+def profile_mismatches(
+    profile_model: ModelIdentity,
+    profile_device: DeviceIdentity,
+    model: ModelIdentity,
+    device_name: str,
+) -> list[str]:
+    """Why a profile does not describe this server (empty: it does)."""
+    problems = [
+        f"model {key}: profile has {ours!r}, server has {theirs!r}"
+        for key, ours in profile_model.to_json().items()
+        if ours != (theirs := getattr(model, key))
+    ]
+    if profile_device.name.strip() != device_name.strip():
+        problems.append(f"device: profile has {profile_device.name!r}, server has {device_name!r}")
+    return problems

@@ -1,0 +1,296 @@
+"""``LatencyModel``: predicted prefill and decode time per SM share.
+
+Each phase keeps fitted coefficients per profiled SM count (see
+``drift_sgl.latency.forms`` for the form). A query at another SM count interpolates between the
+profiled counts linearly in 1/SM (time of compute-bound work is proportional
+to 1/SM), after taking a running minimum over the profiled counts, so
+predictions never increase with more SMs. Below the smallest profiled count
+time scales as 1/SM; above the largest it stays flat.
+
+``worst_case=True`` multiplies by the contention guard: the largest slowdown
+observed when the other phase ran on the complementary partition, per phase,
+SM count and size region.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from drift_sgl.latency.forms import (
+    FEATURES,
+    decode_features,
+    prefill_features,
+    size_bucket,
+)
+from drift_sgl.latency.identity import DeviceIdentity, ModelIdentity
+
+PROFILE_FORMAT = "drift-sgl-latency-profile"
+PROFILE_VERSION = 1
+
+
+class ProfileError(ValueError):
+    """A profile file cannot be used; the message says why."""
+
+
+def _dot(coefficients: tuple[float, ...], features: tuple[float, ...]) -> float:
+    return sum(c * x for c, x in zip(coefficients, features, strict=True))
+
+
+@dataclass(frozen=True)
+class PhaseFit:
+    """Coefficients of one phase: ``branches[sm]`` holds one or two linear forms."""
+
+    features: tuple[str, ...]
+    branches: dict[int, tuple[tuple[float, ...], ...]]
+
+    def __post_init__(self) -> None:
+        if not self.branches:
+            raise ProfileError("a phase needs coefficients for at least one SM count")
+        for sm, forms in self.branches.items():
+            if sm < 1 or not 1 <= len(forms) <= 2:
+                raise ProfileError(f"SM count {sm}: needs one or two coefficient vectors")
+            for coefs in forms:
+                if len(coefs) != len(self.features) or min(coefs) < 0:
+                    raise ProfileError(f"SM count {sm}: bad coefficients {coefs}")
+
+    @property
+    def sm_counts(self) -> tuple[int, ...]:
+        return tuple(sorted(self.branches))
+
+    def solo_at(self, sm: int, features: tuple[float, ...]) -> float:
+        """Prediction at a profiled SM count: the binding (larger) branch."""
+        return max(_dot(coefs, features) for coefs in self.branches[sm])
+
+    def predict(self, sm: float, features: tuple[float, ...]) -> float:
+        counts = self.sm_counts
+        values: list[float] = []
+        for count in counts:
+            value = self.solo_at(count, features)
+            values.append(value if not values else min(value, values[-1]))
+        if sm <= counts[0]:
+            return values[0] * counts[0] / sm
+        if sm >= counts[-1]:
+            return values[-1]
+        hi = bisect.bisect_left(counts, sm)
+        if counts[hi] == sm:
+            return values[hi]
+        lo = hi - 1
+        weight = (1 / counts[lo] - 1 / sm) / (1 / counts[lo] - 1 / counts[hi])
+        return values[lo] + weight * (values[hi] - values[lo])
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "features": list(self.features),
+            "branches": {
+                str(sm): [list(c) for c in forms] for sm, forms in sorted(self.branches.items())
+            },
+        }
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any]) -> PhaseFit:
+        return cls(
+            features=tuple(row["features"]),
+            branches={
+                int(sm): tuple(tuple(float(c) for c in coefs) for coefs in forms)
+                for sm, forms in row["branches"].items()
+            },
+        )
+
+
+@dataclass(frozen=True)
+class ContentionGuard:
+    """Worst observed co-run slowdown (>= 1) per phase, SM count and size bucket."""
+
+    #: ``ratios[phase][sm][bucket]``
+    ratios: dict[str, dict[int, dict[int, float]]]
+    #: Used where nothing was observed (see docs/latency-model.md).
+    default: float
+
+    def factor(self, phase: str, sm: float, size: int) -> float:
+        by_sm = self.ratios.get(phase) or {}
+        if not by_sm:
+            return self.default
+        counts = sorted(by_sm)
+        # The profiled counts around ``sm``: take the larger slowdown of the two.
+        near = [c for c in counts if c <= sm][-1:] + [c for c in counts if c >= sm][:1]
+        bucket = size_bucket(size)
+        found = [by_sm[c][bucket] for c in near if bucket in by_sm[c]]
+        if found:
+            return max(found)
+        # No observation for this size: the worst seen at these SM counts.
+        return max(max(by_sm[c].values()) for c in near)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "default": self.default,
+            "ratios": {
+                phase: {
+                    str(sm): {str(b): r for b, r in sorted(buckets.items())}
+                    for sm, buckets in sorted(by_sm.items())
+                }
+                for phase, by_sm in self.ratios.items()
+            },
+        }
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any]) -> ContentionGuard:
+        ratios = {
+            phase: {
+                int(sm): {int(b): float(r) for b, r in buckets.items()}
+                for sm, buckets in by_sm.items()
+            }
+            for phase, by_sm in row["ratios"].items()
+        }
+        guard = cls(ratios=ratios, default=float(row["default"]))
+        values = [r for by_sm in ratios.values() for b in by_sm.values() for r in b.values()]
+        if guard.default < 1 or any(r < 1 for r in values):
+            raise ProfileError("contention guard factors must be >= 1")
+        return guard
+
+
+@dataclass(frozen=True)
+class LatencyModel:
+    """Predicts solo and worst-case (co-run) latency of prefill and decode."""
+
+    device: DeviceIdentity
+    model: ModelIdentity
+    prefill: PhaseFit
+    decode: PhaseFit
+    guard: ContentionGuard
+    #: Step between SM shares the device can be split into.
+    sm_granularity: int = 1
+    #: True for a profile computed from peak figures rather than measured.
+    estimated: bool = False
+    #: How it was made (``measured``, ``estimate:h100``, ``cpu-calibration``...).
+    source: str = "measured"
+    #: Held-out errors per phase: mean_ape, p95_ape, n, held_out.
+    errors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Free-form facts (sample counts, creation time, peak figures...).
+    info: dict[str, Any] = field(default_factory=dict)
+
+    # ---------------------------------------------------------- predictions
+
+    def prefill_ms(
+        self,
+        new_tokens: int,
+        prefix_tokens: int,
+        sm: float,
+        worst_case: bool = False,
+        batch_size: int = 1,
+    ) -> float:
+        """Time of a full prefill (all layers) of ``batch_size`` sequences on ``sm`` SMs."""
+        _check_query(sm, new_tokens=new_tokens, prefix_tokens=prefix_tokens, batch=batch_size)
+        features = prefill_features(new_tokens, prefix_tokens, batch_size)
+        solo = self.prefill.predict(sm, features)
+        return solo * self.guard.factor("prefill", sm, new_tokens) if worst_case else solo
+
+    def decode_ms(
+        self, batch_size: int, kv_tokens: int, sm: float, worst_case: bool = False
+    ) -> float:
+        """Time of one decode step of ``batch_size`` sequences holding ``kv_tokens`` in all."""
+        _check_query(sm, batch=batch_size, kv_tokens=kv_tokens)
+        solo = self.decode.predict(sm, decode_features(batch_size, kv_tokens))
+        return solo * self.guard.factor("decode", sm, batch_size) if worst_case else solo
+
+    def describe(self) -> str:
+        kind = "ESTIMATED (not measured)" if self.estimated else "measured"
+        errors = ", ".join(
+            f"{phase} p95 error {row['p95_ape']:.1%}"
+            for phase, row in self.errors.items()
+            if row.get("n")
+        )
+        return (
+            f"{kind} latency profile [{self.source}] for {self.model.architecture} "
+            f"({self.model.num_layers} layers, {self.model.dtype}) on {self.device.name} "
+            f"({self.device.total_sm} {'threads' if self.device.kind == 'cpu' else 'SMs'})"
+            + (f"; {errors}" if errors else "")
+        )
+
+    # ------------------------------------------------------------ storage
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": PROFILE_FORMAT,
+            "version": PROFILE_VERSION,
+            "estimated": self.estimated,
+            "source": self.source,
+            "device": self.device.to_json(),
+            "model": self.model.to_json(),
+            "sm_granularity": self.sm_granularity,
+            "prefill": self.prefill.to_json(),
+            "decode": self.decode.to_json(),
+            "contention_guard": self.guard.to_json(),
+            "errors": self.errors,
+            "info": self.info,
+        }
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any]) -> LatencyModel:
+        if not isinstance(row, dict) or row.get("format") != PROFILE_FORMAT:
+            raise ProfileError(f"not a drift-sgl latency profile (format != {PROFILE_FORMAT!r})")
+        if row.get("version") != PROFILE_VERSION:
+            raise ProfileError(
+                f"profile version {row.get('version')!r} is not supported "
+                f"(this drift-sgl reads version {PROFILE_VERSION}); re-run `profile fit`"
+            )
+        try:
+            prefill = PhaseFit.from_json(row["prefill"])
+            decode = PhaseFit.from_json(row["decode"])
+            for phase, fit in (("prefill", prefill), ("decode", decode)):
+                if fit.features != FEATURES[phase]:
+                    raise ProfileError(f"{phase} features {fit.features} are not this version's")
+            return cls(
+                device=DeviceIdentity.from_json(row["device"]),
+                model=ModelIdentity.from_json(row["model"]),
+                prefill=prefill,
+                decode=decode,
+                guard=ContentionGuard.from_json(row["contention_guard"]),
+                sm_granularity=int(row["sm_granularity"]),
+                estimated=bool(row["estimated"]),
+                source=str(row["source"]),
+                errors=dict(row.get("errors") or {}),
+                info=dict(row.get("info") or {}),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            if isinstance(err, ProfileError):
+                raise
+            raise ProfileError(f"malformed profile: {type(err).__name__}: {err}") from None
+
+    def save(self, path: str | Path) -> None:
+        """Write the profile JSON (atomically: a reader never sees half a file)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=1) + "\n", encoding="utf-8")
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatencyModel:
+        """Read a profile; raises ``ProfileError`` (or ``OSError``) with the reason."""
+        try:
+            row = json.loads(Path(path).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ProfileError(f"{path}: not valid JSON ({err.msg})") from None
+        try:
+            return cls.from_json(row)
+        except ProfileError as err:
+            raise ProfileError(f"{path}: {err}") from None
+
+
+def _check_query(sm: float, **sizes: int) -> None:
+    if not sm > 0:
+        raise ValueError(f"sm must be > 0, got {sm}")
+    for name, value in sizes.items():
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+__all__ = [
+    "ContentionGuard",
+    "LatencyModel",
+    "PhaseFit",
+    "ProfileError",
+]

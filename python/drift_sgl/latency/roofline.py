@@ -1,0 +1,254 @@
+"""A latency profile before any measurement: a roofline from shapes and peak figures.
+
+Every forward is charged max(FLOPs / usable compute, bytes / usable bandwidth)
+plus a fixed launch cost. Compute scales with the SM share; bandwidth saturates
+once ``BANDWIDTH_SATURATION`` of the SMs stream from memory. The numbers are
+sampled on a grid and fitted with the same fitter as measured samples, so an
+estimate is an ordinary profile, flagged ``estimated``. Assumptions and their
+sources are in docs/latency-model.md; a measured profile replaces all of them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from drift_sgl.latency.fit import UNMEASURED_GUARD, fit_latency_model
+from drift_sgl.latency.identity import DeviceIdentity, ModelIdentity, text_config
+from drift_sgl.latency.model import LatencyModel
+from drift_sgl.latency.samples import Sample
+
+#: Fraction of peak dense FLOP/s that large GEMMs reach (vendor peak is never met).
+COMPUTE_EFFICIENCY = 0.7
+#: Fraction of peak memory bandwidth that streaming kernels reach.
+BANDWIDTH_EFFICIENCY = 0.85
+#: Share of the SMs that saturates memory bandwidth.
+BANDWIDTH_SATURATION = 0.5
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """Published peak figures: dense 16-bit tensor FLOP/s and memory bandwidth."""
+
+    name: str
+    sms: int
+    peak_tflops: float
+    bandwidth_gbs: float
+    #: Fixed cost of one forward pass plus per layer, in ms (launches, syncs).
+    fixed_ms: float = 0.15
+    per_layer_ms: float = 0.01
+    #: SM share step (green-context granularity).
+    granularity: int = 8
+
+
+#: Dense BF16 tensor-core peaks without sparsity, from the vendors' data sheets.
+GPU_SPECS = {
+    "h100": DeviceSpec("NVIDIA H100 80GB HBM3", 132, 989.4, 3350),
+    "h100-pcie": DeviceSpec("NVIDIA H100 PCIe", 114, 756.0, 2000),
+    "h200": DeviceSpec("NVIDIA H200", 132, 989.4, 4800),
+    "h20": DeviceSpec("NVIDIA H20", 78, 148.0, 4000),
+    "b200": DeviceSpec("NVIDIA B200", 148, 2250.0, 8000),
+    "a100": DeviceSpec("NVIDIA A100-SXM4-80GB", 108, 312.0, 2039, granularity=2),
+    "a100-40gb": DeviceSpec("NVIDIA A100-SXM4-40GB", 108, 312.0, 1555, granularity=2),
+    "l40s": DeviceSpec("NVIDIA L40S", 142, 362.0, 864, granularity=2),
+    "a10g": DeviceSpec("NVIDIA A10G", 80, 125.0, 600, granularity=2),
+    "l4": DeviceSpec("NVIDIA L4", 58, 121.0, 300, granularity=2),
+}
+
+
+def gpu_key_for(device_name: str) -> str | None:
+    """The ``GPU_SPECS`` key of a CUDA device name (``NVIDIA H100 80GB HBM3`` -> h100)."""
+    name = device_name.lower()
+    if "h100" in name:
+        return "h100-pcie" if "pcie" in name else "h100"
+    if "a100" in name:
+        return "a100-40gb" if "40gb" in name else "a100"
+    for key in ("h200", "h20", "b200", "l40s", "a10g", "l4"):
+        if key in name.replace(" ", ""):
+            return key
+    return None
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the roofline needs from config.json."""
+
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    dtype_bytes: int
+
+    @classmethod
+    def from_hf_config(cls, config: dict[str, Any], dtype: str) -> ModelShape:
+        text = text_config(config)
+        hidden = int(text["hidden_size"])
+        heads = int(text["num_attention_heads"])
+        experts = int(text.get("num_experts_per_tok") or 0)
+        expert_size = int(text.get("moe_intermediate_size") or text.get("intermediate_size") or 0)
+        shared = int(text.get("shared_expert_intermediate_size") or 0)
+        # Mixture-of-experts: the experts a token is routed to do its MLP work.
+        intermediate = experts * expert_size + shared if experts else int(text["intermediate_size"])
+        return cls(
+            layers=int(text["num_hidden_layers"]),
+            hidden=hidden,
+            heads=heads,
+            kv_heads=int(text.get("num_key_value_heads") or heads),
+            head_dim=int(text.get("head_dim") or hidden // heads),
+            intermediate=intermediate,
+            vocab=int(text.get("vocab_size") or 32000),
+            dtype_bytes=2 if dtype in ("float16", "bfloat16") else 1 if "8" in dtype else 4,
+        )
+
+    @property
+    def layer_params(self) -> int:
+        attention = self.hidden * self.head_dim * (2 * self.heads + 2 * self.kv_heads)
+        return attention + 3 * self.hidden * self.intermediate
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return 2 * self.layers * self.kv_heads * self.head_dim * self.dtype_bytes
+
+    @property
+    def weight_bytes(self) -> int:
+        return (self.layers * self.layer_params + 2 * self.hidden * self.vocab) * self.dtype_bytes
+
+
+class Roofline:
+    """Analytic latency of one forward pass on ``sm`` of the device's SMs."""
+
+    def __init__(self, shape: ModelShape, spec: DeviceSpec) -> None:
+        self.shape = shape
+        self.spec = spec
+
+    def _time_ms(self, flops: float, nbytes: float, sm: int) -> float:
+        share = sm / self.spec.sms
+        compute = self.spec.peak_tflops * 1e12 * COMPUTE_EFFICIENCY * share
+        bandwidth = (
+            self.spec.bandwidth_gbs
+            * 1e9
+            * BANDWIDTH_EFFICIENCY
+            * min(1.0, share / BANDWIDTH_SATURATION)
+        )
+        fixed = self.spec.fixed_ms + self.spec.per_layer_ms * self.shape.layers
+        return fixed + 1e3 * max(flops / compute, nbytes / bandwidth)
+
+    def prefill_ms(self, new: int, prefix: int, seqs: int, sm: int) -> float:
+        s = self.shape
+        attention = 4 * s.heads * s.head_dim * (new * new / (2 * seqs) + new * prefix / seqs)
+        flops = s.layers * (2 * s.layer_params * new + attention) + 2 * s.hidden * s.vocab * seqs
+        nbytes = s.weight_bytes + (prefix + new) * s.kv_bytes_per_token
+        return self._time_ms(flops, nbytes, sm)
+
+    def decode_ms(self, batch: int, kv: int, sm: int) -> float:
+        s = self.shape
+        flops = s.layers * (2 * s.layer_params * batch + 4 * s.heads * s.head_dim * kv)
+        flops += 2 * s.hidden * s.vocab * batch
+        nbytes = s.weight_bytes + kv * s.kv_bytes_per_token
+        return self._time_ms(flops, nbytes, sm)
+
+
+def share_grid(total: int, granularity: int) -> list[int]:
+    """SM shares a device can be split into: multiples of the granularity, and all."""
+    return sorted({*range(granularity, total, granularity), total})
+
+
+_DECODE_BATCHES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+
+
+def roofline_samples(roofline: Roofline, sms: list[int], max_tokens: int) -> list[Sample]:
+    """Noise-free samples of the roofline on a log grid, up to ``max_tokens`` per forward."""
+    total = roofline.spec.sms
+    sizes = [m * 2**k for k in range(4, int(math.log2(max_tokens))) for m in (2, 3)]
+    samples = []
+    for sm, new, ratio, seqs in itertools.product(sms, sizes, (0, 1, 4), (1, 4)):
+        if new >= seqs and new * (1 + ratio) <= max_tokens:
+            latency = roofline.prefill_ms(new, new * ratio, seqs, sm)
+            samples.append(Sample("prefill", sm, total, new, new * ratio, seqs, 0, False, latency))
+    for sm, batch, per_seq in itertools.product(sms, _DECODE_BATCHES, (256, 1024, 4096, 16384)):
+        if batch * per_seq <= max_tokens * 8:
+            latency = roofline.decode_ms(batch, batch * per_seq, sm)
+            samples.append(
+                Sample("decode", sm, total, batch, 0, batch, batch * per_seq, False, latency)
+            )
+    return samples
+
+
+def estimate_profile(
+    config: dict[str, Any],
+    model: ModelIdentity,
+    spec: DeviceSpec,
+    device: DeviceIdentity,
+    source: str,
+    max_tokens: int = 32768,
+) -> LatencyModel:
+    """An ``estimated`` profile: the roofline of ``spec`` fitted into the model's form."""
+    roofline = Roofline(ModelShape.from_hf_config(config, model.dtype), spec)
+    # Every 8th share is enough: between them predictions interpolate in 1/SM,
+    # which is exact for the compute-bound part of a roofline.
+    shares = share_grid(spec.sms, max(spec.granularity, 8))
+    samples = roofline_samples(roofline, shares, max_tokens)
+    info = {
+        "peak_tflops": spec.peak_tflops,
+        "bandwidth_gbs": spec.bandwidth_gbs,
+        "assumptions": {
+            "compute_efficiency": COMPUTE_EFFICIENCY,
+            "bandwidth_efficiency": BANDWIDTH_EFFICIENCY,
+            "bandwidth_saturation": BANDWIDTH_SATURATION,
+            "contention_guard": UNMEASURED_GUARD,
+        },
+        "note": "errors are of the fitted form against the roofline, not against measurements",
+    }
+    return fit_latency_model(
+        samples,
+        device,
+        model,
+        holdout=0.2,
+        source=source,
+        estimated=True,
+        info=info,
+        sm_granularity=spec.granularity,
+    )
+
+
+def measure_cpu_spec(threads: int, name: str) -> DeviceSpec:
+    """Peak figures of this CPU (float32 matmul FLOP/s, copy bandwidth) in ~0.5 s."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a = torch.randn(512, 512)
+        b = torch.randn(512, 512)
+        flops = _best_rate(lambda: torch.mm(a, b), 2 * 512**3)
+        src = torch.empty(8 * 2**20)  # 32 MiB: beyond the caches
+        dst = torch.empty_like(src)
+        bandwidth = _best_rate(lambda: dst.copy_(src), 2 * src.numel() * 4)
+    finally:
+        torch.set_num_threads(previous)
+    # Python and framework overhead dominate small forwards on a CPU.
+    return DeviceSpec(
+        name=name,
+        sms=threads,
+        peak_tflops=flops / 1e12 / COMPUTE_EFFICIENCY,
+        bandwidth_gbs=bandwidth / 1e9 / BANDWIDTH_EFFICIENCY,
+        fixed_ms=2.0,
+        per_layer_ms=0.5,
+        granularity=1,
+    )
+
+
+def _best_rate(work: Any, amount: float, repeats: int = 5) -> float:
+    work()
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        best = min(best, time.perf_counter() - start)
+    return amount / best

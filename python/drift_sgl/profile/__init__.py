@@ -1,0 +1,1 @@
+"""``python -m drift_sgl.profile``: measure, fit, estimate and plot latency profiles."""

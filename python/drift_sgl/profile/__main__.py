@@ -1,0 +1,3 @@
+from drift_sgl.profile.cli import main
+
+main()
