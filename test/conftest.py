@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from drift_sgl.tools.server_process import ServerProcess, free_port, python_module_command
+from e2e.profiling import TinyProfile, make_tiny_profile
 from e2e.servers import drift_server_process, serve
 
 API_KEY = "drift-test-key"
@@ -51,12 +52,24 @@ def _cpu_env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def drift_server(tiny_model_dir: Path, server_logs_dir: Path) -> Iterator[ServerProcess]:
+def tiny_profile(
+    tiny_model_dir: Path, server_logs_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> TinyProfile:
+    """A real `profile run` of the tiny model on this CPU (interrupted once, resumed)."""
+    return make_tiny_profile(tiny_model_dir, tmp_path_factory.mktemp("profile"), server_logs_dir)
+
+
+@pytest.fixture(scope="session")
+def drift_server(
+    tiny_model_dir: Path, server_logs_dir: Path, tiny_profile: TinyProfile
+) -> Iterator[ServerProcess]:
+    """The shared drift server; it loads the measured tiny profile."""
     server = drift_server_process(
         tiny_model_dir,
         server_logs_dir / "drift.log",
         *COMMON_SERVER_ARGS,
         "--drift-layer-budget-tokens", str(LAYER_BUDGET_TOKENS),
+        "--drift-profile", str(tiny_profile.path),
         api_key=API_KEY,
     )  # fmt: skip
     yield from serve(server)

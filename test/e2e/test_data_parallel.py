@@ -33,5 +33,7 @@ def test_every_dp_rank_runs_drift(drift_dp_server, sglang_server):
     states = get(drift_dp_server, "/server_info").json()["internal_states"]
     assert len(states) == 2
     assert all(s["drift"]["partition_backend"] == "time-mux" for s in states)
+    # No --drift-profile: each rank calibrated its cores at start-up.
+    assert all(s["drift"]["latency_model"]["source"] == "cpu-calibration" for s in states)
     served = [s["drift"]["counters"]["gangs_merged"] for s in states]
     assert all(n >= 1 for n in served), served  # round-robin reaches both ranks

@@ -198,3 +198,21 @@ def test_profile_json_is_readable_by_plain_json(tmp_path):
     assert set(row["model"]) == {
         "architecture", "num_layers", "hidden_size", "num_heads", "num_kv_heads", "dtype"
     }  # fmt: skip
+
+
+@pytest.mark.parametrize("gpu", ["h100", "h200"])
+def test_the_shipped_estimates_are_current(tmp_path, gpu):
+    shipped = LLAMA_8B.parents[1] / "profiles" / f"llama-3.1-8b-{gpu}.estimate.json"
+    fresh = tmp_path / "fresh.json"
+    main(["estimate", "--model-path", str(LLAMA_8B), "--gpu", gpu, "--out", str(fresh)])
+    new, old = LatencyModel.load(fresh), LatencyModel.load(shipped)
+    hint = f"regenerate {shipped} with `python -m drift_sgl.profile estimate`"
+    assert (new.model, new.device, new.source) == (old.model, old.device, old.source), hint
+    # Predictions, not bits: another CPU's LAPACK may round the fit differently.
+    for sm in (8, 40, 66, 132):
+        for n, p in ((64, 0), (2048, 4096), (16384, 0)):
+            assert new.prefill_ms(n, p, sm) == pytest.approx(old.prefill_ms(n, p, sm), rel=1e-6)
+        for b in (1, 64, 256):
+            assert new.decode_ms(b, b * 2048, sm) == pytest.approx(
+                old.decode_ms(b, b * 2048, sm), rel=1e-6
+            ), hint

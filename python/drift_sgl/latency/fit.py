@@ -66,7 +66,7 @@ def features_of(sample: Sample) -> tuple[float, ...]:
 
 
 def size_of(sample: Sample) -> int:
-    """The size that picks a prefill range and a guard region."""
+    """A sample's size: new tokens (prefill) or batch size (decode); picks its guard region."""
     return sample.new_tokens if sample.phase == "prefill" else sample.batch_size
 
 
@@ -75,13 +75,18 @@ def predict_solo(model: LatencyModel, sample: Sample) -> float:
     return fit.predict(sample.sm, features_of(sample))
 
 
-def _nnls_relative(rows: Sequence[Sample]) -> tuple[float, ...]:
+def _relative_design(rows: Sequence[Sample]) -> tuple[np.ndarray, np.ndarray]:
+    """Features divided by latency (so the target is 1) and column-scaled; and the scale."""
     a = np.array([features_of(s) for s in rows], dtype=np.float64)
-    y = np.array([s.latency_ms for s in rows], dtype=np.float64)
-    a = a / y[:, None]
+    a = a / np.array([s.latency_ms for s in rows], dtype=np.float64)[:, None]
     scale = np.abs(a).max(axis=0)
     scale[scale == 0] = 1.0
-    coefs, _ = nnls(a / scale, np.ones(len(rows)), maxiter=50 * a.shape[1])
+    return a / scale, scale
+
+
+def _nnls_relative(rows: Sequence[Sample]) -> tuple[float, ...]:
+    a, scale = _relative_design(rows)
+    coefs, _ = nnls(a, np.ones(len(rows)), maxiter=50 * a.shape[1])
     return tuple(float(c) for c in coefs / scale)
 
 
@@ -131,12 +136,7 @@ def fit_branches(rows: Sequence[Sample]) -> tuple[tuple[float, ...], ...]:
 def _polish(
     rows: Sequence[Sample], forms: tuple[tuple[float, ...], ...]
 ) -> tuple[tuple[tuple[float, ...], ...], float]:
-    a = np.array([features_of(s) for s in rows], dtype=np.float64)
-    y = np.array([s.latency_ms for s in rows], dtype=np.float64)
-    a = a / y[:, None]
-    scale = np.abs(a).max(axis=0)
-    scale[scale == 0] = 1.0
-    a = a / scale
+    a, scale = _relative_design(rows)
     width = a.shape[1]
 
     def residuals(theta: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import Any
 
 from drift_sgl.latency.fit import FitError, fit_latency_model
 from drift_sgl.latency.identity import DeviceIdentity, ModelIdentity, read_hf_config
@@ -46,7 +47,13 @@ def _add_fit_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
 
 
-def fit_and_write(samples: list[Sample], device, model, args, info: dict) -> LatencyModel:
+def fit_and_write(
+    samples: list[Sample],
+    device: DeviceIdentity,
+    model: ModelIdentity,
+    args: argparse.Namespace,
+    info: dict[str, Any],
+) -> LatencyModel:
     """Fit, print the errors, and write the profile unless it breaks the bound."""
     try:
         profile = fit_latency_model(
@@ -74,7 +81,9 @@ def fit_and_write(samples: list[Sample], device, model, args, info: dict) -> Lat
 # --------------------------------------------------------------------- fit
 
 
-def _identity_from_samples(samples: list[Sample], args) -> tuple[DeviceIdentity, ModelIdentity]:
+def _identity_from_samples(
+    samples: list[Sample], args: argparse.Namespace
+) -> tuple[DeviceIdentity, ModelIdentity]:
     names = {s.extra.get("device") for s in samples} - {None}
     models = [s.extra["model"] for s in samples if isinstance(s.extra.get("model"), dict)]
     name = args.device_name or (names.pop() if len(names) == 1 else None)

@@ -60,7 +60,7 @@ def _serve(server_args: Any, cores: list[int], conn: Any) -> None:
         if work["phase"] == "prefill":
             harness.prefill(work["new_per_seq"], work["prefix_per_seq"], repeats=1)
         else:
-            harness.decode(work["kv_per_seq"], steps=1)
+            harness.decode(work["kv_per_seq"], steps=1, passes=1)
         if not started:
             conn.send("running")
             started = True

@@ -30,6 +30,7 @@ def plot_predicted_vs_measured(
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import NullFormatter
     except ImportError as err:
         raise RuntimeError("plotting needs matplotlib: pip install 'drift-sgl[plot]'") from err
 
@@ -61,6 +62,8 @@ def plot_predicted_vs_measured(
             )
             ax.set_xscale("log")
             ax.set_yscale("log")
+            for axis in (ax.xaxis, ax.yaxis):
+                axis.set_minor_formatter(NullFormatter())
         error = profile.errors.get(phase, {})
         note = f" (held-out p95 error {error['p95_ape']:.1%})" if error.get("held_out") else ""
         ax.set_title(f"{phase}{note}")

@@ -27,8 +27,10 @@ logger = logging.getLogger(__name__)
 
 #: Refit the cost model after this many new samples.
 REFIT_EVERY = 8
-#: A prefill sample is the median of this many runs, a decode sample of this many steps.
+#: A prefill sample is the fastest of this many runs; a decode sample the fastest
+#: of this many passes, each the median of this many steps (see the harness).
 PREFILL_REPEATS = 3
+DECODE_PASSES = 2
 DECODE_STEPS = 5
 
 
@@ -102,7 +104,7 @@ def predicted_cost_s(model: LatencyModel | None, point: Point) -> float:
     else:
         kv = seqs * point.kv_per_seq
         setup = model.prefill_ms(kv, 0, sm, batch_size=seqs)
-        total = setup + (DECODE_STEPS + 1) * model.decode_ms(seqs, kv, sm, worst)
+        total = DECODE_PASSES * (setup + (DECODE_STEPS + 1) * model.decode_ms(seqs, kv, sm, worst))
     return 1.5 * total / 1e3
 
 
@@ -111,7 +113,7 @@ def measure(harness: Any, point: Point) -> tuple[float, int, int, int, int]:
         new, prefix = [point.new_per_seq] * point.seqs, [point.prefix_per_seq] * point.seqs
         t = harness.prefill(new, prefix, repeats=PREFILL_REPEATS)
     else:
-        t = harness.decode([point.kv_per_seq] * point.seqs, steps=DECODE_STEPS)
+        t = harness.decode([point.kv_per_seq] * point.seqs, DECODE_STEPS, DECODE_PASSES)
     return t.latency_ms, t.new_tokens, t.prefix_tokens, t.batch_size, t.kv_tokens
 
 

@@ -1,0 +1,82 @@
+"""Running `python -m drift_sgl.profile run` on the tiny model for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from drift_sgl.tools.server_process import python_module_command
+
+#: Run 1 is interrupted once it has written this many samples.
+INTERRUPT_AFTER_SAMPLES = 8
+#: The whole profile's measuring budget, shared by both runs.
+BUDGET_MIN = 1.5
+#: Real CPU timings on a shared 2-core machine are noisy (docs/latency-model.md);
+#: this bound still catches a fit that is wrong in form.
+CPU_MAX_P95_ERROR = 0.5
+
+
+@dataclass(frozen=True)
+class TinyProfile:
+    path: Path
+    samples: Path
+    interrupted_rc: int
+    interrupted_log: str
+    resumed_log: str
+
+
+def profile_command(model_dir: Path, out: Path, samples: Path) -> list[str]:
+    return python_module_command(
+        "drift_sgl.profile", "run",
+        "--model-path", str(model_dir),
+        "--device", "cpu",
+        "--max-total-tokens", "8192",
+        "--out", str(out),
+        "--samples", str(samples),
+        "--budget-min", str(BUDGET_MIN),
+        "--max-tokens", "2048",
+        "--max-p95-error", str(CPU_MAX_P95_ERROR),
+    )  # fmt: skip
+
+
+def _run(command: list[str], log: Path, interrupt_after: int | None, samples: Path) -> int:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            deadline = time.monotonic() + 600
+            while proc.poll() is None and time.monotonic() < deadline:
+                if interrupt_after is not None and _count(samples) >= interrupt_after:
+                    proc.send_signal(signal.SIGINT)
+                    interrupt_after = None
+                time.sleep(0.5)
+            return proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def _count(samples: Path) -> int:
+    try:
+        return sum(1 for line in samples.read_text().splitlines() if line.strip())
+    except OSError:
+        return 0
+
+
+def make_tiny_profile(model_dir: Path, work: Path, logs: Path) -> TinyProfile:
+    """Profile the tiny model in two runs: the first interrupted, the second resuming."""
+    out, samples = work / "tiny-profile.json", work / "tiny-profile.samples.jsonl"
+    command = profile_command(model_dir, out, samples)
+    first_log, second_log = logs / "profile-run-1.log", logs / "profile-run-2.log"
+    first_rc = _run(command, first_log, INTERRUPT_AFTER_SAMPLES, samples)
+    second_rc = _run(command, second_log, None, samples)
+    resumed = second_log.read_text(errors="replace")
+    if second_rc != 0:
+        raise RuntimeError(f"profile run failed (rc={second_rc}):\n{resumed[-3000:]}")
+    return TinyProfile(out, samples, first_rc, first_log.read_text(errors="replace"), resumed)
