@@ -60,16 +60,13 @@ def tiny_profile(
 
 
 @pytest.fixture(scope="session")
-def drift_server(
-    tiny_model_dir: Path, server_logs_dir: Path, tiny_profile: TinyProfile
-) -> Iterator[ServerProcess]:
-    """The shared drift server; it loads the measured tiny profile."""
+def drift_server(tiny_model_dir: Path, server_logs_dir: Path) -> Iterator[ServerProcess]:
+    """The shared drift server (no --drift-profile: it calibrates the CPU at start-up)."""
     server = drift_server_process(
         tiny_model_dir,
         server_logs_dir / "drift.log",
         *COMMON_SERVER_ARGS,
         "--drift-layer-budget-tokens", str(LAYER_BUDGET_TOKENS),
-        "--drift-profile", str(tiny_profile.path),
         api_key=API_KEY,
     )  # fmt: skip
     yield from serve(server)

@@ -142,14 +142,12 @@ def _check_profile(config: DriftConfig, server_args: object, device: str) -> Non
     """Refuse a profile of another model or device before any process starts."""
     from sglang.srt.configs.model_config import ModelConfig
 
-    from drift_sgl.latency.identity import cpu_name
+    from drift_sgl.latency.identity import cpu_name, cuda_device_name
     from drift_sgl.latency.model import ProfileError
     from drift_sgl.latency.select import load_checked_profile, model_identity
 
     if device == "cuda":
-        import torch
-
-        device_name = torch.cuda.get_device_name(server_args.base_gpu_id)
+        device_name = cuda_device_name(server_args.base_gpu_id)
     else:
         device_name = cpu_name() if device == "cpu" else device
     model = model_identity(ModelConfig.from_server_args(server_args))
@@ -157,7 +155,7 @@ def _check_profile(config: DriftConfig, server_args: object, device: str) -> Non
         profile = load_checked_profile(
             config.profile, model, device_name, config.profile_allow_mismatch
         )
-    except (ProfileError, OSError) as err:
+    except (ProfileError, OSError, ValueError) as err:
         raise DriftConfigError("--drift-profile", str(err)) from None
     logger.info("drift: latency profile %s: %s", config.profile, profile.describe())
 

@@ -13,11 +13,13 @@ from drift_sgl.tools.server_process import python_module_command
 
 #: Run 1 is interrupted once it has written this many samples.
 INTERRUPT_AFTER_SAMPLES = 8
-#: The whole profile's measuring budget, shared by both runs.
-BUDGET_MIN = 1.5
-#: Real CPU timings on a shared 2-core machine are noisy (docs/latency-model.md);
-#: this bound still catches a fit that is wrong in form.
-CPU_MAX_P95_ERROR = 0.5
+#: The whole profile's measuring budget, shared by both runs (overheads come on top).
+BUDGET_MIN = 1.0
+#: Real CPU timings on a loaded 2-core machine are noisy (docs/latency-model.md),
+#: and a short run holds out few samples, so its p95 is nearly its worst sample:
+#: the run's own bound is loose, and the test checks the mean error as well.
+CPU_MAX_P95_ERROR = 1.0
+CPU_MAX_MEAN_ERROR = 0.3
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,9 @@ def test_health_and_server_info(drift_server):
     state = info["internal_states"][0]["drift"]
     assert state["partition_backend"] == "time-mux"
     assert state["policy"] == "LayerBudgetRule"
+    # No --drift-profile: the scheduler calibrated the CPU and says it is an estimate.
+    assert state["latency_model"]["source"] == "cpu-calibration"
+    assert state["latency_model"]["estimated"] is True
     assert state["kv_total_tokens"] == 8192
 
 

@@ -115,8 +115,28 @@ def test_worst_case_applies_the_measured_guard(fitted):
     # Co-run decode ran 1.3x its solo truth at 16 and 32 SMs.
     ratio = fitted.decode_ms(8, 8 * 1024, 16, True) / fitted.decode_ms(8, 8 * 1024, 16)
     assert ratio == pytest.approx(1.3, rel=0.1)
-    # Prefill had no co-run samples: the largest observed slowdown stands in.
-    assert fitted.guard.factor("prefill", 64, 512) == fitted.guard.default >= 1.0
+    # Prefill had no co-run samples: the documented assumption stands in.
+    assert fitted.guard.factor("prefill", 64, 512) == UNMEASURED_GUARD
+
+
+def test_worst_case_is_monotone_like_solo():
+    rng = random.Random(11)
+    samples = make_samples(rng, shares=(16, 32, 64, 132))
+    # Uneven slowdowns: larger at more SMs and at small sizes, which a raw
+    # per-bucket table would turn into predictions that rise with SMs or fall with size.
+    for sm, batch, slowdown in ((16, 64, 1.1), (64, 2, 1.6), (132, 8, 1.4), (32, 256, 1.2)):
+        kv = batch * 512
+        latency = true_decode_ms(batch, kv, sm) * slowdown
+        samples.append(Sample("decode", sm, TOTAL_SM, batch, 0, batch, kv, True, latency))
+    model = fit_latency_model(samples, DEVICE, MODEL, holdout=0.0)
+    for batch in (1, 2, 8, 64, 256, 512):
+        values = [model.decode_ms(batch, batch * 512, sm, True) for sm in range(1, TOTAL_SM + 1)]
+        assert all(b <= a + 1e-9 for a, b in itertools.pairwise(values)), batch
+    for sm in (8, 16, 40, 64, 100, 132):
+        values = [model.decode_ms(b, b * 512, sm, True) for b in range(1, 600, 7)]
+        assert all(b >= a - 1e-9 for a, b in itertools.pairwise(values)), sm
+    # The observed slowdowns are still covered where they were measured.
+    assert model.decode_ms(2, 1024, 64, True) >= 1.6 * model.decode_ms(2, 1024, 64) * 0.9
 
 
 def test_guard_without_co_runs_is_the_documented_assumption():

@@ -216,3 +216,85 @@ def test_the_shipped_estimates_are_current(tmp_path, gpu):
             assert new.decode_ms(b, b * 2048, sm) == pytest.approx(
                 old.decode_ms(b, b * 2048, sm), rel=1e-6
             ), hint
+
+
+def test_run_refuses_what_it_cannot_measure(tmp_path):
+    import subprocess
+
+    from drift_sgl.tools.server_process import python_module_command
+
+    def run(*args):
+        command = python_module_command("drift_sgl.profile", "run", "--out", "p.json", *args)
+        return subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+
+    missing = run("--device", "cpu")
+    assert missing.returncode == 2
+    assert "drift-sgl profile: error: --model-path is required" in missing.stderr
+    tp = run("--model-path", str(LLAMA_8B), "--device", "cpu", "--tp", "2")
+    assert tp.returncode == 2
+    assert "--tp 2: profile run measures one device" in tp.stderr
+    assert not (tmp_path / "p.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("stored", "model_type", "served"),
+    [
+        ("float32", "llama", "float16"),
+        ("float32", "gemma2", "bfloat16"),
+        ("bfloat16", "llama", "bfloat16"),
+        ("torch.float16", "qwen2", "float16"),
+    ],
+)
+def test_auto_dtype_follows_sglang(stored, model_type, served):
+    config = {
+        "architectures": ["X"], "model_type": model_type, "torch_dtype": stored,
+        "num_hidden_layers": 2, "hidden_size": 8, "num_attention_heads": 2,
+    }  # fmt: skip
+    assert ModelIdentity.from_hf_config(config).dtype == served
+    assert ModelIdentity.from_hf_config(config, "float32").dtype == "float32"
+
+
+@pytest.mark.parametrize(
+    ("name", "key"),
+    [
+        ("NVIDIA L40", None),
+        ("NVIDIA L40S", "l40s"),
+        ("NVIDIA L4", "l4"),
+        ("NVIDIA H20", "h20"),
+        ("NVIDIA H200", "h200"),
+        ("NVIDIA H100 NVL", "h100-nvl"),
+        ("NVIDIA H100 PCIe", "h100-pcie"),
+        ("NVIDIA A100-SXM4-40GB", "a100-40gb"),
+    ],
+)
+def test_gpu_names_pick_their_own_figures(name, key):
+    from drift_sgl.latency.roofline import gpu_key_for
+
+    assert gpu_key_for(name) == key
+
+
+def test_a_mig_slice_gets_scaled_figures(llama_config):
+    model = ModelIdentity.from_hf_config(llama_config)
+    device = DeviceIdentity("cuda", "NVIDIA H100 80GB HBM3 MIG 3g.40gb", 66)
+    choice = default_latency_model(llama_config, model, device)
+    assert choice.model.info["peak_tflops"] == pytest.approx(989.4 / 2)
+    whole = default_latency_model(
+        llama_config, model, DeviceIdentity("cuda", "NVIDIA H100 80GB HBM3", 132)
+    )
+    assert choice.model.prefill_ms(4096, 0, 66) > 1.5 * whole.model.prefill_ms(4096, 0, 132)
+
+
+def test_bad_files_give_one_line_errors(tmp_path, capsys):
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xff\xfe\x00\x01")
+    cases = [
+        ["estimate", "--model-path", str(tmp_path / "none"), "--gpu", "h100", "--out", "x"],
+        ["plot", "--profile", str(binary), "--samples", str(binary), "--out", "x.png"],
+        ["fit", "--samples", str(binary), "--out", str(tmp_path / "p.json")],
+    ]
+    for argv in cases:
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("drift-sgl profile: error: ") and "\n" not in err, err

@@ -86,7 +86,10 @@ def _relative_design(rows: Sequence[Sample]) -> tuple[np.ndarray, np.ndarray]:
 
 def _nnls_relative(rows: Sequence[Sample]) -> tuple[float, ...]:
     a, scale = _relative_design(rows)
-    coefs, _ = nnls(a, np.ones(len(rows)), maxiter=50 * a.shape[1])
+    try:
+        coefs, _ = nnls(a, np.ones(len(rows)), maxiter=50 * a.shape[1])
+    except RuntimeError as err:  # scipy: "Maximum number of iterations reached"
+        raise FitError(f"the least-squares fit did not converge ({err})") from None
     return tuple(float(c) for c in coefs / scale)
 
 
@@ -190,15 +193,42 @@ def phase_error(model: LatencyModel, rows: Sequence[Sample], held_out: bool) -> 
 
 
 def fit_guard(model: LatencyModel, co_runs: Sequence[Sample]) -> ContentionGuard:
-    """Largest co-run/solo ratio per phase, SM count and size bucket (never below 1)."""
-    ratios: dict[str, dict[int, dict[int, float]]] = {}
+    """Largest co-run/solo ratio per phase, SM count and size bucket (never below 1).
+
+    The table is then filled and made monotone, so worst-case predictions are
+    monotone like the solo ones: per SM count, a bucket takes the worst ratio of
+    any bucket up to it (a bucket below every observation takes the first one);
+    per bucket, an SM count takes the worst ratio of any count from it up (fewer
+    SMs are never guarded less). A phase without co-runs uses ``UNMEASURED_GUARD``.
+    """
+    observed: dict[str, dict[int, dict[int, float]]] = {}
     for sample in co_runs:
         ratio = max(1.0, sample.latency_ms / predict_solo(model, sample))
-        buckets = ratios.setdefault(sample.phase, {}).setdefault(sample.sm, {})
+        buckets = observed.setdefault(sample.phase, {}).setdefault(sample.sm, {})
         bucket = size_bucket(size_of(sample))
         buckets[bucket] = max(ratio, buckets.get(bucket, 1.0))
-    observed = [r for by_sm in ratios.values() for b in by_sm.values() for r in b.values()]
-    return ContentionGuard(ratios=ratios, default=max(observed) if observed else UNMEASURED_GUARD)
+    return ContentionGuard(
+        ratios={phase: _monotone_table(by_sm) for phase, by_sm in observed.items()},
+        default=UNMEASURED_GUARD,
+    )
+
+
+def _monotone_table(by_sm: dict[int, dict[int, float]]) -> dict[int, dict[int, float]]:
+    buckets = sorted({b for row in by_sm.values() for b in row})
+    table: dict[int, dict[int, float]] = {}
+    for sm, row in by_sm.items():
+        first = row[min(row)]
+        worst, filled = 1.0, {}
+        for bucket in buckets:
+            worst = max(worst, row.get(bucket, first if bucket < min(row) else worst))
+            filled[bucket] = worst
+        table[sm] = filled
+    above: dict[int, float] = {}
+    for sm in sorted(table, reverse=True):
+        for bucket in buckets:
+            above[bucket] = max(above.get(bucket, 1.0), table[sm][bucket])
+            table[sm][bucket] = above[bucket]
+    return table
 
 
 def split_holdout(
@@ -264,9 +294,12 @@ def fit_latency_model(
 
     placeholder = ContentionGuard(ratios={}, default=UNMEASURED_GUARD)
     splits = {phase: split_holdout(rows, holdout, seed) for phase, rows in solo.items()}
-    trained = build({p: fit_phase(p, train) for p, (train, _) in splits.items()}, placeholder, {})
     fits = {p: fit_phase(p, rows) for p, rows in solo.items()}
     final = build(fits, placeholder, {})
+    if any(held for _, held in splits.values()):
+        trained = build({p: fit_phase(p, t) for p, (t, _) in splits.items()}, placeholder, {})
+    else:
+        trained = final
     errors = {}
     for phase, (_, held) in splits.items():
         if held:

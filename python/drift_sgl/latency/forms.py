@@ -16,7 +16,9 @@ fits the memory-bound regime (small prefills, small decode batches), the other
 the compute-bound one, and their crossover (FLOP/s over bytes/s: ~250 prefill
 tokens for a 16-bit model on an H100, fewer SMs move it) is a kink that a
 single linear form cannot follow. All coefficients are fitted non-negative, so
-a prediction never decreases with more tokens, prefix, sequences or KV.
+a prediction never decreases with more new tokens, prefix tokens, decode
+batch or KV tokens. (Splitting the same prefill tokens over more sequences can
+predict less time: attention is quadratic per sequence.)
 Guard regions bucket the phase's size by powers of two (``size_bucket``).
 """
 

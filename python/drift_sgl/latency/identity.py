@@ -38,7 +38,8 @@ class ModelIdentity:
         heads = int(text["num_attention_heads"])
         architectures = config.get("architectures") or ["unknown"]
         if dtype in (None, "", "auto"):
-            dtype = str(text.get("torch_dtype") or text.get("dtype") or "float32")
+            stored = str(text.get("torch_dtype") or text.get("dtype") or "float32")
+            dtype = auto_dtype(stored, str(text.get("model_type") or config.get("model_type")))
         return cls(
             architecture=str(architectures[0]),
             num_layers=int(text["num_hidden_layers"]),
@@ -72,6 +73,17 @@ def text_config(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+def auto_dtype(stored: str, model_type: str) -> str:
+    """The dtype SGLang serves with ``--dtype auto``.
+
+    A 32-bit checkpoint is served in 16 bits (bfloat16 for Gemma models, whose
+    activations overflow float16); any other checkpoint as it is stored.
+    """
+    if normalize_dtype(stored) != "float32":
+        return stored
+    return "bfloat16" if model_type.startswith("gemma") else "float16"
+
+
 def normalize_dtype(dtype: str) -> str:
     name = str(dtype).removeprefix("torch.")
     return {"half": "float16", "fp16": "float16", "bf16": "bfloat16", "float": "float32"}.get(
@@ -98,6 +110,26 @@ def cpu_name() -> str:
     import platform
 
     return "cpu: " + (platform.processor() or platform.machine())
+
+
+def cuda_device_name(index: int) -> str:
+    """Name of CUDA device ``index`` as torch numbers it, read through NVML.
+
+    NVML does not create a CUDA context (the launcher must not: SGLang's
+    processes create their own). It numbers devices physically, so an integer
+    ``CUDA_VISIBLE_DEVICES`` list is applied first.
+    """
+    import pynvml
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+    if all(v.strip().isdigit() for v in visible) and index < len(visible):
+        index = int(visible[index])
+    pynvml.nvmlInit()
+    try:
+        name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(index))
+    finally:
+        pynvml.nvmlShutdown()
+    return name.decode() if isinstance(name, bytes) else name
 
 
 def cpu_device() -> DeviceIdentity:

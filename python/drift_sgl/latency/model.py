@@ -103,26 +103,29 @@ class PhaseFit:
 
 @dataclass(frozen=True)
 class ContentionGuard:
-    """Worst observed co-run slowdown (>= 1) per phase, SM count and size bucket."""
+    """Worst co-run slowdown (>= 1) per phase, SM count and size bucket.
+
+    ``fit.fit_guard`` stores a full table per phase that never rises with more
+    SMs and never falls with a larger size, and the lookup below keeps both:
+    so ``worst_case`` predictions stay monotone, like the solo ones.
+    """
 
     #: ``ratios[phase][sm][bucket]``
     ratios: dict[str, dict[int, dict[int, float]]]
-    #: Used where nothing was observed (see docs/latency-model.md).
+    #: Used for a phase with no co-run observed (see docs/latency-model.md).
     default: float
 
     def factor(self, phase: str, sm: float, size: int) -> float:
-        by_sm = self.ratios.get(phase) or {}
+        by_sm = self.ratios.get(phase)
         if not by_sm:
             return self.default
         counts = sorted(by_sm)
-        # The profiled counts around ``sm``: take the larger slowdown of the two.
-        near = [c for c in counts if c <= sm][-1:] + [c for c in counts if c >= sm][:1]
+        # The largest profiled count <= sm (its factor also holds up to the next one).
+        count = max((c for c in counts if c <= sm), default=counts[0])
+        buckets = by_sm[count]
         bucket = size_bucket(size)
-        found = [by_sm[c][bucket] for c in near if bucket in by_sm[c]]
-        if found:
-            return max(found)
-        # No observation for this size: the worst seen at these SM counts.
-        return max(max(by_sm[c].values()) for c in near)
+        below = [b for b in buckets if b <= bucket]
+        return buckets[max(below)] if below else buckets[min(buckets)]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -149,6 +152,8 @@ class ContentionGuard:
         values = [r for by_sm in ratios.values() for b in by_sm.values() for r in b.values()]
         if guard.default < 1 or any(r < 1 for r in values):
             raise ProfileError("contention guard factors must be >= 1")
+        if any(not buckets for by_sm in ratios.values() for buckets in by_sm.values()):
+            raise ProfileError("contention guard: an SM count without size buckets")
         return guard
 
 
@@ -255,7 +260,7 @@ class LatencyModel:
                 errors=dict(row.get("errors") or {}),
                 info=dict(row.get("info") or {}),
             )
-        except (KeyError, TypeError, ValueError) as err:
+        except (AttributeError, KeyError, TypeError, ValueError) as err:
             if isinstance(err, ProfileError):
                 raise
             raise ProfileError(f"malformed profile: {type(err).__name__}: {err}") from None
@@ -263,6 +268,7 @@ class LatencyModel:
     def save(self, path: str | Path) -> None:
         """Write the profile JSON (atomically: a reader never sees half a file)."""
         path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(self.to_json(), indent=1) + "\n", encoding="utf-8")
         tmp.replace(path)
@@ -274,6 +280,8 @@ class LatencyModel:
             row = json.loads(Path(path).read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
             raise ProfileError(f"{path}: not valid JSON ({err.msg})") from None
+        except UnicodeDecodeError:
+            raise ProfileError(f"{path}: not a text file") from None
         try:
             return cls.from_json(row)
         except ProfileError as err:

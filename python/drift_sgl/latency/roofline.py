@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +50,7 @@ class DeviceSpec:
 GPU_SPECS = {
     "h100": DeviceSpec("NVIDIA H100 80GB HBM3", 132, 989.4, 3350),
     "h100-pcie": DeviceSpec("NVIDIA H100 PCIe", 114, 756.0, 2000),
+    "h100-nvl": DeviceSpec("NVIDIA H100 NVL", 132, 835.0, 3900),
     "h200": DeviceSpec("NVIDIA H200", 132, 989.4, 4800),
     "h20": DeviceSpec("NVIDIA H20", 78, 148.0, 4000),
     "b200": DeviceSpec("NVIDIA B200", 148, 2250.0, 8000),
@@ -63,13 +66,14 @@ def gpu_key_for(device_name: str) -> str | None:
     """The ``GPU_SPECS`` key of a CUDA device name (``NVIDIA H100 80GB HBM3`` -> h100)."""
     name = device_name.lower()
     if "h100" in name:
-        return "h100-pcie" if "pcie" in name else "h100"
+        return "h100-pcie" if "pcie" in name else "h100-nvl" if "nvl" in name else "h100"
     if "a100" in name:
         return "a100-40gb" if "40gb" in name else "a100"
-    for key in ("h200", "h20", "b200", "l40s", "a10g", "l4"):
-        if key in name.replace(" ", ""):
-            return key
-    return None
+    # Whole words only: "L40" is not an "L4", "H200" is not an "H20".
+    words = set(re.split(r"[^a-z0-9]+", name))
+    return next(
+        (key for key in ("h200", "h20", "b200", "l40s", "a10g", "l4") if key in words), None
+    )
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,10 @@ class ModelShape:
     heads: int
     kv_heads: int
     head_dim: int
+    #: MLP width a token passes through (MoE: its routed and shared experts).
     intermediate: int
+    #: MLP width of all weights (MoE: every expert), which a forward may read.
+    stored_intermediate: int
     vocab: int
     dtype_bytes: int
 
@@ -90,11 +97,20 @@ class ModelShape:
         text = text_config(config)
         hidden = int(text["hidden_size"])
         heads = int(text["num_attention_heads"])
-        experts = int(text.get("num_experts_per_tok") or 0)
+        routed = int(text.get("num_experts_per_tok") or 0)
         expert_size = int(text.get("moe_intermediate_size") or text.get("intermediate_size") or 0)
         shared = int(text.get("shared_expert_intermediate_size") or 0)
-        # Mixture-of-experts: the experts a token is routed to do its MLP work.
-        intermediate = experts * expert_size + shared if experts else int(text["intermediate_size"])
+        experts = int(
+            text.get("num_experts") or text.get("num_local_experts") or text.get("n_routed_experts")
+            or routed
+        )  # fmt: skip
+        # Mixture-of-experts: the experts a token is routed to do its MLP work,
+        # but the weights of all of them are stored (and read by large batches).
+        if routed:
+            intermediate = routed * expert_size + shared
+            stored = experts * expert_size + shared
+        else:
+            intermediate = stored = int(text["intermediate_size"])
         return cls(
             layers=int(text["num_hidden_layers"]),
             hidden=hidden,
@@ -102,14 +118,19 @@ class ModelShape:
             kv_heads=int(text.get("num_key_value_heads") or heads),
             head_dim=int(text.get("head_dim") or hidden // heads),
             intermediate=intermediate,
+            stored_intermediate=stored,
             vocab=int(text.get("vocab_size") or 32000),
             dtype_bytes=2 if dtype in ("float16", "bfloat16") else 1 if "8" in dtype else 4,
         )
 
     @property
+    def attention_params(self) -> int:
+        return self.hidden * self.head_dim * (2 * self.heads + 2 * self.kv_heads)
+
+    @property
     def layer_params(self) -> int:
-        attention = self.hidden * self.head_dim * (2 * self.heads + 2 * self.kv_heads)
-        return attention + 3 * self.hidden * self.intermediate
+        """Parameters one token passes through per layer."""
+        return self.attention_params + 3 * self.hidden * self.intermediate
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -117,7 +138,9 @@ class ModelShape:
 
     @property
     def weight_bytes(self) -> int:
-        return (self.layers * self.layer_params + 2 * self.hidden * self.vocab) * self.dtype_bytes
+        """All stored weights (every expert of an MoE), read once per forward."""
+        per_layer = self.attention_params + 3 * self.hidden * self.stored_intermediate
+        return (self.layers * per_layer + 2 * self.hidden * self.vocab) * self.dtype_bytes
 
 
 class Roofline:
@@ -244,7 +267,7 @@ def measure_cpu_spec(threads: int, name: str) -> DeviceSpec:
     )
 
 
-def _best_rate(work: Any, amount: float, repeats: int = 5) -> float:
+def _best_rate(work: Callable[[], object], amount: float, repeats: int = 5) -> float:
     work()
     best = math.inf
     for _ in range(repeats):

@@ -1,7 +1,7 @@
 """Latency samples: one JSON object per line, as ``profile run`` writes them.
 
-Every line has exactly the keys of ``Sample`` (extra keys are allowed and kept,
-so a sample read and written again loses nothing). A bad line is reported with
+Every line has all the keys of ``Sample`` (extra keys are allowed and kept, so
+a sample read and written again loses nothing). A bad line is reported with
 its line number; the file is never partly accepted.
 """
 
@@ -112,8 +112,11 @@ def parse_samples(lines: Iterable[str], source: str = "<samples>") -> list[Sampl
 
 def read_samples(path: str | Path) -> list[Sample]:
     """Read a samples file; raises ``SampleError`` (with the line number) or ``OSError``."""
-    with open(path, encoding="utf-8") as handle:
-        return parse_samples(handle, source=str(path))
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return parse_samples(handle, source=str(path))
+    except UnicodeDecodeError:
+        raise SampleError(f"{path}: not a text file") from None
 
 
 def write_sample(handle: IO[str], sample: Sample) -> None:

@@ -20,7 +20,14 @@ from drift_sgl.latency.identity import (
     profile_mismatches,
 )
 from drift_sgl.latency.model import LatencyModel, ProfileError
-from drift_sgl.latency.roofline import GPU_SPECS, estimate_profile, gpu_key_for, measure_cpu_spec
+from drift_sgl.latency.roofline import (
+    BANDWIDTH_EFFICIENCY,
+    COMPUTE_EFFICIENCY,
+    GPU_SPECS,
+    estimate_profile,
+    gpu_key_for,
+    measure_cpu_spec,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -71,9 +78,11 @@ def default_latency_model(
     if device.kind == "cpu":
         spec = measure_cpu_spec(device.total_sm, device.name)
         profile = estimate_profile(hf_config, model, spec, device, "cpu-calibration")
+        flops = spec.peak_tflops * 1e3 * COMPUTE_EFFICIENCY
+        bandwidth = spec.bandwidth_gbs * BANDWIDTH_EFFICIENCY
         reason = (
-            f"no --drift-profile: quick CPU calibration ({spec.peak_tflops * 1e3:.0f} GFLOP/s, "
-            f"{spec.bandwidth_gbs:.0f} GB/s over {device.total_sm} threads), ESTIMATED"
+            f"no --drift-profile: quick CPU calibration (measured {flops:.0f} GFLOP/s matmul, "
+            f"{bandwidth:.0f} GB/s copy on {device.total_sm} threads), ESTIMATED"
         )
         return LatencyChoice(profile, reason)
     key = gpu_key_for(device.name)
@@ -92,7 +101,16 @@ def default_latency_model(
         reason = f"no --drift-profile and {device.name!r} has no published figures here: H100 "
         reason += "figures scaled by SM count, ESTIMATED (run `python -m drift_sgl.profile run`)"
     else:
-        spec = dataclasses.replace(GPU_SPECS[key], name=device.name, sms=device.total_sm)
+        # A MIG slice or a partly enabled chip has fewer SMs: scale the peaks with them.
+        base = GPU_SPECS[key]
+        scale = device.total_sm / base.sms
+        spec = dataclasses.replace(
+            base,
+            name=device.name,
+            sms=device.total_sm,
+            peak_tflops=base.peak_tflops * scale,
+            bandwidth_gbs=base.bandwidth_gbs * min(1.0, scale),
+        )
         source = f"estimate:{key}"
         reason = f"no --drift-profile: roofline estimate for {key} from published peak figures, "
         reason += "ESTIMATED (run `python -m drift_sgl.profile run` for a measured profile)"

@@ -169,7 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fit_args(run)
     run.add_argument("--samples", help="JSONL to append samples to (default: OUT.samples.jsonl)")
     run.add_argument(
-        "--budget-min", type=float, help="minutes to measure (default: 30 on a GPU, 3 on a CPU)"
+        "--budget-min",
+        type=float,
+        help="minutes of measuring, across resumed runs; loading the model and fitting "
+        "come on top (default: 30 on a GPU, 3 on a CPU)",
     )
     run.add_argument(
         "--max-tokens", type=int, default=32768, help="largest batch to measure, in KV tokens"
@@ -210,12 +213,19 @@ def main(argv: list[str] | None = None) -> None:
             return
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        {"fit": cmd_fit, "estimate": cmd_estimate, "plot": cmd_plot}[args.command](args)
+        try:
+            {"fit": cmd_fit, "estimate": cmd_estimate, "plot": cmd_plot}[args.command](args)
+        except (OSError, ValueError, KeyError, RuntimeError) as err:
+            # Files that are missing, unreadable or not what they claim to be.
+            raise CliError(f"{type(err).__name__}: {err}") from None
     except CliError as err:
         print(f"drift-sgl profile: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
-        print("interrupted: samples taken so far are kept; run again to resume", file=sys.stderr)
+        if args.command == "run":
+            print(
+                "interrupted: samples taken so far are kept; run again to resume", file=sys.stderr
+            )
         raise SystemExit(130) from None
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,9 +34,18 @@ class CoRunShape:
         return cls(phase=work["phase"], work=work)
 
 
+class CoRunnerError(RuntimeError):
+    """The co-runner process failed, died or stopped answering."""
+
+
 def _serve(server_args: Any, cores: list[int], conn: Any) -> None:
+    import signal
+
     import torch
 
+    # Ctrl-C in a terminal reaches the whole process group: the parent decides
+    # when this process stops (it asks, or it exits and the pipe closes).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.sched_setaffinity(0, cores)
     # SGLang binds its OpenMP threads (on CPUs with AMX) to these cores.
     os.environ["SGLANG_CPU_OMP_THREADS_BIND"] = ",".join(map(str, cores))
@@ -45,14 +55,17 @@ def _serve(server_args: Any, cores: list[int], conn: Any) -> None:
     harness = ForwardHarness(server_args, seed=1)
     conn.send("ready")
     work: dict[str, Any] | None = None
+    started = False
     while True:
         if work is None or conn.poll():
-            message = conn.recv()
+            try:
+                message = conn.recv()
+            except EOFError:
+                return  # the parent is gone
             if message == "stop":
                 conn.send("stopped")
                 return
-            work = message
-            started = False
+            work, started = message, False
         if work.get("phase") == "idle":
             work = None
             conn.send("idle")
@@ -67,7 +80,7 @@ def _serve(server_args: Any, cores: list[int], conn: Any) -> None:
 
 
 class CoRunner:
-    """A process running the other phase on ``cores``; use as a context manager."""
+    """A process running the other phase on ``cores``; close it when done."""
 
     def __init__(self, server_args: Any, cores: list[int]) -> None:
         self.cores = cores
@@ -77,37 +90,57 @@ class CoRunner:
             target=_serve, args=(server_args, cores, child), daemon=True, name="drift-corunner"
         )
         self._process.start()
-        self._expect("ready", timeout=600)
+        try:
+            self._expect("ready", timeout=600)
+        except BaseException:
+            self._kill()
+            raise
 
     def _expect(self, reply: str, timeout: float) -> None:
-        if not self._conn.poll(timeout):
-            raise RuntimeError(f"co-runner did not answer {reply!r} within {timeout:.0f} s")
-        got = self._conn.recv()
+        deadline = time.monotonic() + timeout
+        try:
+            while not self._conn.poll(1.0):
+                if not self._process.is_alive():
+                    raise CoRunnerError(
+                        f"co-runner exited with status {self._process.exitcode} "
+                        "(its error is in the output above)"
+                    )
+                if time.monotonic() > deadline:
+                    raise CoRunnerError(f"co-runner did not answer within {timeout:.0f} s")
+            got = self._conn.recv()
+        except (EOFError, OSError) as err:
+            raise CoRunnerError(f"lost the co-runner: {err!r}") from None
         if got != reply:
-            raise RuntimeError(f"co-runner answered {got!r}, expected {reply!r}")
+            raise CoRunnerError(f"co-runner answered {got!r}, expected {reply!r}")
+
+    def _send(self, message: Any) -> None:
+        try:
+            self._conn.send(message)
+        except (EOFError, OSError) as err:
+            raise CoRunnerError(f"lost the co-runner: {err!r}") from None
 
     def start(self, shape: CoRunShape) -> None:
         """Start repeating ``shape``; returns once its first forward has run."""
-        self._conn.send(shape.work)
+        self._send(shape.work)
         self._expect("running", timeout=300)
 
     def pause(self) -> None:
-        self._conn.send({"phase": "idle"})
+        """Stop after the forward in progress; returns once it is idle."""
+        self._send({"phase": "idle"})
         self._expect("idle", timeout=300)
 
     def close(self) -> None:
+        """Ask the process to stop; kill it if it does not."""
         if self._process.is_alive():
             try:
-                self._conn.send("stop")
+                self._send("stop")
                 self._expect("stopped", timeout=60)
-            except (OSError, RuntimeError, EOFError):
+            except CoRunnerError:
                 pass
+        self._kill()
+
+    def _kill(self) -> None:
         self._process.join(timeout=10)
         if self._process.is_alive():
             self._process.kill()
-
-    def __enter__(self) -> CoRunner:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+            self._process.join()

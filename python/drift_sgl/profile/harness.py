@@ -95,10 +95,6 @@ class ForwardHarness:
         finally:
             gc.enable()
 
-    def fits(self, tokens: int, requests: int) -> bool:
-        """Whether a batch of ``requests`` holding ``tokens`` KV tokens fits the pools."""
-        return tokens <= self.capacity_tokens and requests <= self.max_requests
-
     # ------------------------------------------------------------- timing
 
     def prefill(

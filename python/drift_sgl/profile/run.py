@@ -1,16 +1,18 @@
 """``profile run``: measure, append every sample as it is taken, then fit.
 
-The budget covers the whole profile, across interrupted runs: every sample
-stores what it cost (``cost_s``), and a resumed run subtracts what earlier
-runs spent and skips the points they measured.
+The budget is measuring time, across interrupted runs: every sample stores
+what it cost (``cost_s``), and a resumed run subtracts what earlier runs spent
+and skips the points they measured. Fixed overheads (loading the model, the
+warm-up, starting the co-runner, fitting) come on top.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +70,7 @@ class ShareControl:
     def __init__(self, device: DeviceIdentity) -> None:
         self.device = device
         self.cores = sorted(os.sched_getaffinity(0))
+        self._threads = None
 
     def shares(self) -> list[int]:
         if self.device.kind == "cpu":
@@ -81,11 +84,21 @@ class ShareControl:
         return [len(self.cores) // 2]
 
     def use(self, sm: int) -> None:
-        if self.device.kind == "cpu":
-            import torch
+        """Run this thread's forwards on ``sm`` threads pinned to the first ``sm`` cores.
 
+        Best effort: OpenMP workers created earlier keep their own affinity.
+        """
+        if self.device.kind == "cpu":
+            if self._threads is None:
+                self._threads = torch.get_num_threads()
             torch.set_num_threads(sm)
             os.sched_setaffinity(0, self.cores[:sm])
+
+    def restore(self) -> None:
+        """Undo ``use``: all cores, the original thread count."""
+        if self._threads is not None:
+            torch.set_num_threads(self._threads)
+            os.sched_setaffinity(0, self.cores)
 
     def other_cores(self, sm: int) -> list[int]:
         return self.cores[sm:]
@@ -117,6 +130,44 @@ def measure(harness: Any, point: Point) -> tuple[float, int, int, int, int]:
     return t.latency_ms, t.new_tokens, t.prefix_tokens, t.batch_size, t.kv_tokens
 
 
+class CoRunSlot:
+    """The co-runner process: started the first time a co-run point comes up."""
+
+    def __init__(self, factory: Callable[[list[int]], Any] | None, shares: ShareControl) -> None:
+        self._factory = factory
+        self._shares = shares
+        self._runner: Any | None = None
+        #: Time spent starting the process: overhead, not charged to the budget.
+        self.startup_s = 0.0
+
+    @contextlib.contextmanager
+    def beside(self, point: Point) -> Iterator[dict[str, Any]]:
+        """Run the other phase while ``point`` is measured; yields the sample's extra keys."""
+        if not point.co_run:
+            yield {}
+            return
+        from drift_sgl.profile.corun import CoRunShape
+
+        if self._runner is None:
+            started = time.monotonic()
+            self._runner = self._factory(self._shares.other_cores(point.sm))
+            self.startup_s += time.monotonic() - started
+        shape = CoRunShape.beside(point.phase)
+        self._runner.start(shape)
+        try:
+            yield {"co_phase": shape.phase, "co_sm": len(self._runner.cores)}
+        except BaseException:
+            # Do not let a failed pause hide what is already going wrong.
+            with contextlib.suppress(Exception):
+                self._runner.pause()
+            raise
+        self._runner.pause()
+
+    def close(self) -> None:
+        if self._runner is not None:
+            self._runner.close()
+
+
 def run_profile(
     harness: Any,
     device: DeviceIdentity,
@@ -140,63 +191,66 @@ def run_profile(
     todo = [p for p in points if p.key not in done]
     if samples:
         logger.info("resuming: %d samples (%.0f s) already measured", len(samples), spent)
-    deadline = time.monotonic() + settings.budget_s - spent
-    co_runner = None
+    co_runs = CoRunSlot(make_co_runner, shares)
     cost_model = _fit_quietly(samples, device, model)
-    new_since_fit = 0
     try:
         with open(settings.samples_path, "a", encoding="utf-8") as out:
             for point in todo:
-                left = deadline - time.monotonic()
+                left = settings.budget_s - spent
                 if left <= 0:
                     break
                 if predicted_cost_s(cost_model, point) > left:
                     continue
-                started = time.monotonic()
-                shares.use(point.sm)
-                if point.co_run:
-                    co_runner = co_runner or make_co_runner(shares.other_cores(point.sm))
-                    from drift_sgl.profile.corun import CoRunShape
-
-                    beside = CoRunShape.beside(point.phase)
-                    co_runner.start(beside)
-                elif co_runner is not None:
-                    co_runner.pause()
-                try:
-                    latency, new, prefix, batch, kv = measure(harness, point)
-                except (RuntimeError, torch.OutOfMemoryError) as err:
-                    # One failed shape (out of memory, a backend limit) skips that
-                    # point only; the run and the samples so far are kept.
-                    logger.warning("skipped %s: %s", point.key, str(err).splitlines()[0])
+                sample, cost = _take_sample(harness, point, device, model, shares, co_runs)
+                spent += cost
+                if sample is None:
                     continue
-                finally:
-                    if point.co_run:
-                        co_runner.pause()
-                cost = time.monotonic() - started
-                extra = {
-                    "point": point.key,
-                    "cost_s": round(cost, 4),
-                    "device": device.name,
-                    "model": model.to_json(),
-                }
-                if point.co_run:
-                    extra["co_phase"] = beside.phase
-                    extra["co_sm"] = len(shares.other_cores(point.sm))
-                sample = Sample(
-                    point.phase, point.sm, device.total_sm, new, prefix, batch, kv,
-                    point.co_run, latency, extra=extra,
-                )  # fmt: skip
                 write_sample(out, sample)
                 samples.append(sample)
-                progress(len(samples), max(0.0, deadline - time.monotonic()), point.key)
-                new_since_fit += 1
-                if new_since_fit >= REFIT_EVERY:
+                progress(len(samples), max(0.0, settings.budget_s - spent), point.key)
+                if len(samples) % REFIT_EVERY == 0:
                     cost_model = _fit_quietly(samples, device, model) or cost_model
-                    new_since_fit = 0
     finally:
-        if co_runner is not None:
-            co_runner.close()
+        co_runs.close()
+        shares.restore()
     return samples
+
+
+def _take_sample(
+    harness: Any,
+    point: Point,
+    device: DeviceIdentity,
+    model: ModelIdentity,
+    shares: ShareControl,
+    co_runs: CoRunSlot,
+) -> tuple[Sample | None, float]:
+    """The sample (None if the shape failed) and the measuring time it cost."""
+    started, startup_before = time.monotonic(), co_runs.startup_s
+    shares.use(point.sm)
+    measured = None
+    with co_runs.beside(point) as co_extra:
+        try:
+            measured = measure(harness, point)
+        except (RuntimeError, torch.OutOfMemoryError) as err:
+            # One failed shape (out of memory, a backend limit) skips that point
+            # only; the run and the samples so far are kept.
+            logger.warning("skipped %s: %s", point.key, str(err).splitlines()[0])
+    cost = time.monotonic() - started - (co_runs.startup_s - startup_before)
+    if measured is None:
+        return None, cost
+    latency, new, prefix, batch, kv = measured
+    extra = {
+        "point": point.key,
+        "cost_s": round(cost, 4),
+        "device": device.name,
+        "model": model.to_json(),
+        **co_extra,
+    }
+    sample = Sample(
+        point.phase, point.sm, device.total_sm, new, prefix, batch, kv, point.co_run, latency,
+        extra=extra,
+    )  # fmt: skip
+    return sample, cost
 
 
 def _fit_quietly(

@@ -41,11 +41,18 @@ def _server_args(sglang_argv: list[str]) -> tuple[Any, str]:
         check_and_complete(server_args, device)
     except DriftConfigError as err:
         raise CliError(str(err)) from None
+    if server_args.tp_size > 1:
+        raise CliError(
+            f"--tp {server_args.tp_size}: profile run measures one device (one TP rank); "
+            "profiling tensor-parallel groups is not supported yet"
+        )
+    # A profile describes one replica: data parallelism does not change it.
+    server_args.dp_size = 1
     return server_args, device
 
 
 class _Progress:
-    """A progress bar over the budget (seconds), with the sample count."""
+    """A progress bar over the measuring budget (seconds), with the sample count."""
 
     def __init__(self, budget_s: float) -> None:
         from tqdm import tqdm
@@ -72,14 +79,21 @@ def _warm_up(harness: Any, shares: list[int], control: Any) -> None:
 
 
 def run_and_fit(args: argparse.Namespace, sglang_argv: list[str]) -> None:
+    if args.budget_min is not None and args.budget_min <= 0:
+        raise CliError(f"--budget-min must be > 0, got {args.budget_min:g}")
     server_args, device_kind = _server_args(sglang_argv)
 
     from drift_sgl.latency.identity import DeviceIdentity, cpu_device
     from drift_sgl.latency.samples import SampleError
     from drift_sgl.latency.select import model_identity
+    from drift_sgl.profile.corun import CoRunnerError
     from drift_sgl.profile.harness import ForwardHarness
     from drift_sgl.profile.run import ProfileRunError, RunSettings, ShareControl, run_profile
 
+    out = Path(args.out)
+    samples_path = Path(args.samples) if args.samples else out.with_suffix(".samples.jsonl")
+    for path in (out, samples_path):
+        path.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     harness = ForwardHarness(server_args)
     if device_kind == "cpu":
@@ -90,9 +104,9 @@ def run_and_fit(args: argparse.Namespace, sglang_argv: list[str]) -> None:
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
         device = DeviceIdentity(device_kind, props.name, props.multi_processor_count)
     model = model_identity(harness.model_config)
-    out = Path(args.out)
-    samples_path = Path(args.samples) if args.samples else out.with_suffix(".samples.jsonl")
-    budget_min = args.budget_min or DEFAULT_BUDGET_MIN.get(device_kind, 30.0)
+    budget_min = args.budget_min
+    if budget_min is None:
+        budget_min = DEFAULT_BUDGET_MIN.get(device_kind, 30.0)
     control = ShareControl(device)
     print(
         f"profiling {model.architecture} on {device.name}: shares {control.shares()}, "
@@ -107,7 +121,7 @@ def run_and_fit(args: argparse.Namespace, sglang_argv: list[str]) -> None:
     _warm_up(harness, control.shares(), control)
     settings = RunSettings(
         samples_path=samples_path,
-        budget_s=budget_min * 60 - (time.monotonic() - started),
+        budget_s=budget_min * 60,
         max_tokens=args.max_tokens,
         co_run=not args.no_co_run,
         seed=args.seed,
@@ -129,7 +143,7 @@ def run_and_fit(args: argparse.Namespace, sglang_argv: list[str]) -> None:
             make_co_runner if device.kind == "cpu" else None,
             progress,
         )
-    except (ProfileRunError, SampleError) as err:
+    except (ProfileRunError, SampleError, CoRunnerError) as err:
         raise CliError(str(err)) from None
     finally:
         progress.close()
