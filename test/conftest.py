@@ -87,6 +87,8 @@ def sglang_server(tiny_model_dir: Path, server_logs_dir: Path) -> Iterator[Serve
         "--attention-backend", "torch_native",
         "--disable-cuda-graph",
         "--disable-overlap-schedule",
+        # As drift's launcher sets on a CPU: an idle scheduler would spin a core.
+        "--sleep-on-idle",
     )  # fmt: skip
     server = ServerProcess(
         args, port, server_logs_dir / "sglang.log", env=_cpu_env(), api_key=API_KEY

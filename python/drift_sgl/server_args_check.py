@@ -146,4 +146,9 @@ def _complete_cpu(server_args: Any) -> list[str]:
         # The CPU "graph" is a torch.compile path: minutes of compiling on small machines.
         server_args.disable_cuda_graph = True
         notes.append("--disable-cuda-graph (CPU graphs compile slowly and gain little)")
+    if not server_args.sleep_on_idle:
+        # SGLang's scheduler polls its sockets without blocking: an idle CPU
+        # server would keep a core busy, and slow every other process there.
+        server_args.sleep_on_idle = True
+        notes.append("--sleep-on-idle (an idle scheduler would keep a core busy polling)")
     return notes

@@ -147,8 +147,15 @@ def test_cpu_fills_device_settings():
     assert sa.attention_backend == "torch_native"
     assert sa.disable_cuda_graph is True
     assert sa.mem_fraction_static == CPU_MEM_FRACTION_STATIC
-    for flag in ("--device", "--attention-backend", "--mem-fraction-static"):
+    assert sa.sleep_on_idle is True
+    for flag in ("--device", "--attention-backend", "--mem-fraction-static", "--sleep-on-idle"):
         assert any(n.startswith(flag) for n in notes), flag
+
+
+def test_gpu_leaves_sleep_on_idle_to_the_user():
+    sa = server_args()
+    check_and_complete(sa, "cuda")
+    assert sa.sleep_on_idle is False
 
 
 def test_cpu_keeps_user_values():
