@@ -24,6 +24,7 @@ from drift_sgl.latency.roofline import (
     BANDWIDTH_EFFICIENCY,
     COMPUTE_EFFICIENCY,
     GPU_SPECS,
+    DeviceSpec,
     estimate_profile,
     gpu_key_for,
     measure_cpu_spec,
@@ -88,33 +89,29 @@ def default_latency_model(
     key = gpu_key_for(device.name)
     if key is None:
         # Unknown GPU: H100 figures scaled by SM count, and said so.
-        base = GPU_SPECS["h100"]
-        scale = device.total_sm / base.sms
-        spec = dataclasses.replace(
-            base,
-            name=device.name,
-            sms=device.total_sm,
-            peak_tflops=base.peak_tflops * scale,
-            bandwidth_gbs=base.bandwidth_gbs * scale,
-        )
+        spec = _scaled_to(GPU_SPECS["h100"], device)
         source = "estimate:unknown-gpu"
         reason = f"no --drift-profile and {device.name!r} has no published figures here: H100 "
         reason += "figures scaled by SM count, ESTIMATED (run `python -m drift_sgl.profile run`)"
     else:
-        # A MIG slice or a partly enabled chip has fewer SMs: scale the peaks with them.
-        base = GPU_SPECS[key]
-        scale = device.total_sm / base.sms
-        spec = dataclasses.replace(
-            base,
-            name=device.name,
-            sms=device.total_sm,
-            peak_tflops=base.peak_tflops * scale,
-            bandwidth_gbs=base.bandwidth_gbs * min(1.0, scale),
-        )
+        # A MIG slice has fewer SMs (and a matching share of memory): scale with them.
+        spec = _scaled_to(GPU_SPECS[key], device)
         source = f"estimate:{key}"
         reason = f"no --drift-profile: roofline estimate for {key} from published peak figures, "
         reason += "ESTIMATED (run `python -m drift_sgl.profile run` for a measured profile)"
     return LatencyChoice(estimate_profile(hf_config, model, spec, device, source), reason)
+
+
+def _scaled_to(base: DeviceSpec, device: DeviceIdentity) -> DeviceSpec:
+    """``base``'s figures for a device with ``device.total_sm`` SMs (scaled in proportion)."""
+    scale = device.total_sm / base.sms
+    return dataclasses.replace(
+        base,
+        name=device.name,
+        sms=device.total_sm,
+        peak_tflops=base.peak_tflops * scale,
+        bandwidth_gbs=base.bandwidth_gbs * scale,
+    )
 
 
 def select_latency_model(
