@@ -40,18 +40,17 @@ class ForwardHarness:
         from sglang.srt.runtime_context import SpawnRanks, publish, spawn_world_rank
         from sglang.srt.server_args import PortArgs
 
-        self._one_batch = one_batch
         server_args.resolve_once()
         port_args = PortArgs.init_new(server_args)
         world_rank = spawn_world_rank(server_args, tp_rank=0, pp_rank=0)
         publish(server_args, role="scheduler", ranks=SpawnRanks(world_rank=world_rank, gpu_id=0))
         one_batch._init_process_global_configs()
-        wrapped, _ = one_batch.load_model(server_args, port_args, 0, 0)
-        self.runner = wrapped.torch_runner
-        self.device = self.runner.device
-        self.model_config = self.runner.model_config
-        self.capacity_tokens = int(self.runner.max_total_num_tokens)
-        self.max_requests = int(self.runner.req_to_token_pool.size)
+        # SGLang's benchmark wrapper: extend, decode, clear the pools, synchronize.
+        self._bench, _ = one_batch.load_model(server_args, port_args, 0, 0)
+        runner = self._bench.torch_runner
+        self.model_config = runner.model_config
+        self.capacity_tokens = int(runner.max_total_num_tokens)
+        self.max_requests = int(runner.req_to_token_pool.size)
         #: Longest sequence (prompt + generated) a request row can hold.
         self.max_seq_len = int(self.model_config.context_len)
         self._vocab = int(self.model_config.vocab_size)
@@ -79,18 +78,14 @@ class ForwardHarness:
             reqs.append(req)
         return reqs
 
-    def _sync(self) -> None:
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-
     def _timed(self, work: Any) -> tuple[float, Any]:
         # A collection pause inside the timed region is noise, not the model's cost.
         gc.disable()
         try:
-            self._sync()
+            self._bench.synchronize()
             start = time.perf_counter()
             result = work()
-            self._sync()
+            self._bench.synchronize()
             return (time.perf_counter() - start) * 1e3, result
         finally:
             gc.enable()
@@ -109,19 +104,18 @@ class ForwardHarness:
         return min(timings, key=lambda t: t.latency_ms)
 
     def _prefill_once(self, new_per_seq: list[int], prefix_per_seq: list[int]) -> Timing:
-        self.runner.req_to_token_pool.clear()
-        self.runner.token_to_kv_pool_allocator.clear()
+        self._bench.clear()
         lengths = [n + p for n, p in zip(new_per_seq, prefix_per_seq, strict=True)]
         reqs = self._requests(lengths, max_new_tokens=1)
         with torch.inference_mode():
             if any(prefix_per_seq):
                 for req, prefix in zip(reqs, prefix_per_seq, strict=True):
                     req.extend_end = max(prefix, 1)
-                self._one_batch.extend(reqs, self.runner)
+                self._bench.extend(reqs)
                 for req, prefix in zip(reqs, prefix_per_seq, strict=True):
                     req.prefix_len = max(prefix, 1)
                     req.extend_end = len(req.origin_input_ids)
-            latency, _ = self._timed(lambda: self._one_batch.extend(reqs, self.runner))
+            latency, _ = self._timed(lambda: self._bench.extend(reqs))
         prefix = sum(r.prefix_len for r in reqs)
         return Timing(latency, sum(lengths) - prefix, prefix, len(reqs), 0)
 
@@ -137,16 +131,15 @@ class ForwardHarness:
         return min(timings, key=lambda t: t.latency_ms)
 
     def _decode_once(self, kv_per_seq: list[int], steps: int) -> Timing:
-        self.runner.req_to_token_pool.clear()
-        self.runner.token_to_kv_pool_allocator.clear()
+        self._bench.clear()
         reqs = self._requests(kv_per_seq, max_new_tokens=steps + 2)
         with torch.inference_mode():
-            next_ids, _, batch = self._one_batch.extend(reqs, self.runner)
+            next_ids, _, batch = self._bench.extend(reqs)
             times = []
             for _ in range(steps):
                 kv = sum(kv_per_seq) + len(reqs) * (len(times) + 1)
                 latency, (next_ids, _) = self._timed(
-                    lambda ids=next_ids: self._one_batch.decode(ids, batch, self.runner)
+                    lambda ids=next_ids: self._bench.decode(ids, batch)
                 )
                 times.append((latency, kv))
         latency = statistics.median(t for t, _ in times)
