@@ -14,6 +14,7 @@ import functools
 import logging
 import os
 import sys
+from typing import Any
 
 from drift_sgl.config import DriftConfig, DriftConfigError, add_drift_args, config_from_args
 
@@ -78,6 +79,35 @@ def resolve_device(sglang_argv: list[str]) -> str:
     return "cuda" if has_nvidia_driver() else "cpu"
 
 
+def prepare_sglang_args(sglang_argv: list[str]) -> tuple[Any, str, list[str]]:
+    """SGLang's ``ServerArgs`` as drift runs them: (server_args, device, notes).
+
+    Resolves the device, prepares the CPU environment when there is no GPU
+    (before the first sglang import: some modules read it at import time),
+    parses with SGLang's own parser and completes the settings drift needs
+    (``notes`` says what was filled in). Raises ``DriftConfigError``. The
+    launcher and ``profile run`` both start here.
+    """
+    device = resolve_device(sglang_argv)
+    if device == "cpu":
+        from drift_sgl.cpu.environment import model_path_is_local, prepare_cpu_environment
+        from drift_sgl.cpu.stub import StubBuildError
+
+        try:
+            env = prepare_cpu_environment(os.environ, offline=model_path_is_local(sglang_argv))
+        except StubBuildError as err:
+            raise DriftConfigError("--device cpu", str(err)) from None
+        logger.info("drift: %s", env.describe())
+
+    from sglang.srt.server_args import prepare_server_args
+
+    from drift_sgl.server_args_check import check_and_complete
+
+    server_args = prepare_server_args(sglang_argv)
+    notes = check_and_complete(server_args, device)
+    return server_args, device, notes
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse, check, prepare the platform and run SGLang's HTTP server."""
     argv = sys.argv[1:] if argv is None else argv
@@ -87,27 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s")
     try:
         config, sglang_argv = split_argv(argv)
-        device = resolve_device(sglang_argv)
-    except DriftConfigError as err:
-        _fail(err)
-    if device == "cpu":
-        from drift_sgl.cpu.environment import model_path_is_local, prepare_cpu_environment
-        from drift_sgl.cpu.stub import StubBuildError
-
-        # Before the first sglang import: some modules read these at import time.
-        try:
-            env = prepare_cpu_environment(os.environ, offline=model_path_is_local(sglang_argv))
-        except StubBuildError as err:
-            _fail(DriftConfigError("--device cpu", str(err)))
-        logger.info("drift: %s", env.describe())
-
-    from sglang.srt.server_args import prepare_server_args
-
-    from drift_sgl.server_args_check import check_and_complete
-
-    server_args = prepare_server_args(sglang_argv)
-    try:
-        notes = check_and_complete(server_args, device)
+        server_args, device, notes = prepare_sglang_args(sglang_argv)
     except DriftConfigError as err:
         _fail(err)
     if device == "cpu":
@@ -142,19 +152,14 @@ def _check_profile(config: DriftConfig, server_args: object, device: str) -> Non
     """Refuse a profile of another model or device before any process starts."""
     from sglang.srt.configs.model_config import ModelConfig
 
-    from drift_sgl.latency.identity import cpu_name, cuda_device_name
+    from drift_sgl.latency.identity import device_name
     from drift_sgl.latency.model import ProfileError
     from drift_sgl.latency.select import load_checked_profile, model_identity
 
-    if device == "cuda":
-        device_name = cuda_device_name(server_args.base_gpu_id)
-    else:
-        device_name = cpu_name() if device == "cpu" else device
+    name = device_name(device, server_args.base_gpu_id)
     model = model_identity(ModelConfig.from_server_args(server_args))
     try:
-        profile = load_checked_profile(
-            config.profile, model, device_name, config.profile_allow_mismatch
-        )
+        profile = load_checked_profile(config.profile, model, name, config.profile_allow_mismatch)
     except (ProfileError, OSError, ValueError) as err:
         raise DriftConfigError("--drift-profile", str(err)) from None
     logger.info("drift: latency profile %s: %s", config.profile, profile.describe())

@@ -132,6 +132,19 @@ def cuda_device_name(index: int) -> str:
     return name.decode() if isinstance(name, bytes) else name
 
 
+def device_name(device: str, gpu_id: int = 0) -> str:
+    """The name a profile records for SGLang's ``device``: the GPU's, the CPU's, or the device.
+
+    One function for the launcher, the scheduler and ``profile run``, so that a
+    profile's device and the server's are always named the same way.
+    """
+    if device == "cuda":
+        return cuda_device_name(gpu_id)
+    if device == "cpu":
+        return cpu_name()
+    return device
+
+
 def cpu_device() -> DeviceIdentity:
     """This machine's CPU; its threads are the cores this process may run on."""
     return DeviceIdentity(kind="cpu", name=cpu_name(), total_sm=len(os.sched_getaffinity(0)))

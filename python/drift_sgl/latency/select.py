@@ -16,7 +16,7 @@ from typing import Any
 from drift_sgl.latency.identity import (
     DeviceIdentity,
     ModelIdentity,
-    cpu_name,
+    device_name,
     profile_mismatches,
 )
 from drift_sgl.latency.model import LatencyModel, ProfileError
@@ -47,13 +47,7 @@ def model_identity(model_config: Any) -> ModelIdentity:
 
 def device_identity(device: str, units: int, gpu_id: int = 0) -> DeviceIdentity:
     """This server's device: the CUDA device's name and SMs, or the CPU and its threads."""
-    if device == "cuda":
-        import torch
-
-        return DeviceIdentity("cuda", torch.cuda.get_device_name(gpu_id), units)
-    if device == "cpu":
-        return DeviceIdentity("cpu", cpu_name(), units)
-    return DeviceIdentity(device, device, units)
+    return DeviceIdentity(device, device_name(device, gpu_id), units)
 
 
 def load_checked_profile(

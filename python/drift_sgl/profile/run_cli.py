@@ -7,7 +7,6 @@ set up before the first sglang import) and loads a model.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -20,25 +19,12 @@ DEFAULT_BUDGET_MIN = {"cpu": 3.0, "cuda": 30.0}
 
 def _server_args(sglang_argv: list[str]) -> tuple[Any, str]:
     from drift_sgl.config import DriftConfigError
-    from drift_sgl.launch_server import resolve_device
+    from drift_sgl.launch_server import prepare_sglang_args
 
     if not any(a == "--model-path" or a.startswith("--model-path=") for a in sglang_argv):
         raise CliError("--model-path is required")
     try:
-        device = resolve_device(sglang_argv)
-    except DriftConfigError as err:
-        raise CliError(str(err)) from None
-    if device == "cpu":
-        from drift_sgl.cpu.environment import model_path_is_local, prepare_cpu_environment
-
-        prepare_cpu_environment(os.environ, offline=model_path_is_local(sglang_argv))
-    from sglang.srt.server_args import prepare_server_args
-
-    from drift_sgl.server_args_check import check_and_complete
-
-    server_args = prepare_server_args(sglang_argv)
-    try:
-        check_and_complete(server_args, device)
+        server_args, device, _ = prepare_sglang_args(sglang_argv)
     except DriftConfigError as err:
         raise CliError(str(err)) from None
     if server_args.tp_size > 1:
@@ -83,7 +69,7 @@ def run_and_fit(args: argparse.Namespace, sglang_argv: list[str]) -> None:
         raise CliError(f"--budget-min must be > 0, got {args.budget_min:g}")
     server_args, device_kind = _server_args(sglang_argv)
 
-    from drift_sgl.latency.identity import DeviceIdentity, cpu_device
+    from drift_sgl.latency.identity import DeviceIdentity, cpu_device, device_name
     from drift_sgl.latency.samples import SampleError
     from drift_sgl.latency.select import model_identity
     from drift_sgl.profile.corun import CoRunnerError
@@ -101,8 +87,9 @@ def run_and_fit(args: argparse.Namespace, sglang_argv: list[str]) -> None:
     else:
         import torch
 
-        props = torch.cuda.get_device_properties(torch.cuda.current_device())
-        device = DeviceIdentity(device_kind, props.name, props.multi_processor_count)
+        index = torch.cuda.current_device()
+        sms = torch.cuda.get_device_properties(index).multi_processor_count
+        device = DeviceIdentity(device_kind, device_name(device_kind, index), sms)
     model = model_identity(harness.model_config)
     budget_min = args.budget_min
     if budget_min is None:
