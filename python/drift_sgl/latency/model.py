@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import operator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,37 @@ class ProfileError(ValueError):
 
 
 def _dot(coefficients: tuple[float, ...], features: tuple[float, ...]) -> float:
-    return sum(c * x for c, x in zip(coefficients, features, strict=True))
+    return sum(map(operator.mul, coefficients, features))
+
+
+def _dominated(forms: tuple[tuple[float, ...], ...], by: tuple[tuple[float, ...], ...]) -> bool:
+    """Whether max(forms . x) <= max(by . x) for every x >= 0 (each form is below one of ``by``)."""
+    return all(any(all(a <= b for a, b in zip(f, g, strict=True)) for g in by) for f in forms)
+
+
+def _running_min_candidates(forms: tuple) -> tuple[tuple[int, ...], ...]:
+    """Per SM count i, the counts j <= i that can hold the running minimum.
+
+    A count whose prediction is at least another's for every size never holds
+    it, so a query evaluates only the rest (usually one or a few of ~17 counts:
+    the planner asks dozens of questions per step, and this keeps each a few µs).
+    """
+    out = []
+    for i in range(len(forms)):
+        out.append(
+            tuple(
+                j
+                for j in range(i + 1)
+                if not any(
+                    # k is never above j; of two equal counts, keep the larger.
+                    k != j
+                    and _dominated(forms[k], forms[j])
+                    and (k > j or not _dominated(forms[j], forms[k]))
+                    for k in range(i + 1)
+                )
+            )
+        )
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -46,6 +77,9 @@ class PhaseFit:
 
     features: tuple[str, ...]
     branches: dict[int, tuple[tuple[float, ...], ...]]
+    _counts: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    _forms: tuple = field(init=False, repr=False, compare=False)
+    _candidates: tuple[tuple[int, ...], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.branches:
@@ -56,31 +90,41 @@ class PhaseFit:
             for coefs in forms:
                 if len(coefs) != len(self.features) or min(coefs) < 0:
                     raise ProfileError(f"SM count {sm}: bad coefficients {coefs}")
+        counts = tuple(sorted(self.branches))
+        forms = tuple(self.branches[count] for count in counts)
+        object.__setattr__(self, "_counts", counts)
+        object.__setattr__(self, "_forms", forms)
+        object.__setattr__(self, "_candidates", _running_min_candidates(forms))
 
     @property
     def sm_counts(self) -> tuple[int, ...]:
-        return tuple(sorted(self.branches))
+        return self._counts
 
     def solo_at(self, sm: int, features: tuple[float, ...]) -> float:
         """Prediction at a profiled SM count: the binding (larger) branch."""
         return max(_dot(coefs, features) for coefs in self.branches[sm])
 
+    def _solo(self, index: int, features: tuple[float, ...]) -> float:
+        return max(_dot(coefs, features) for coefs in self._forms[index])
+
+    def _values(self, hi: int, features: tuple[float, ...]) -> tuple[float, float]:
+        """Running-minimum predictions at counts ``hi - 1`` (0.0 for none) and ``hi``."""
+        low = min(self._solo(j, features) for j in self._candidates[hi - 1]) if hi > 0 else 0.0
+        return low, min(self._solo(j, features) for j in self._candidates[hi])
+
     def predict(self, sm: float, features: tuple[float, ...]) -> float:
-        counts = self.sm_counts
-        values: list[float] = []
-        for count in counts:
-            value = self.solo_at(count, features)
-            values.append(value if not values else min(value, values[-1]))
+        counts = self._counts
         if sm <= counts[0]:
-            return values[0] * counts[0] / sm
+            return self._solo(0, features) * counts[0] / sm
         if sm >= counts[-1]:
-            return values[-1]
+            return self._values(len(counts) - 1, features)[1]
         hi = bisect.bisect_left(counts, sm)
+        low, high = self._values(hi, features)
         if counts[hi] == sm:
-            return values[hi]
+            return high
         lo = hi - 1
         weight = (1 / counts[lo] - 1 / sm) / (1 / counts[lo] - 1 / counts[hi])
-        return values[lo] + weight * (values[hi] - values[lo])
+        return low + weight * (high - low)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -114,18 +158,32 @@ class ContentionGuard:
     ratios: dict[str, dict[int, dict[int, float]]]
     #: Used for a phase with no co-run observed (see docs/latency-model.md).
     default: float
+    _tables: dict = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Sorted keys for bisection (``factor`` runs on every planner query).
+        tables = {
+            phase: (
+                sorted(by_sm),
+                [
+                    (sorted(by_sm[sm]), [by_sm[sm][b] for b in sorted(by_sm[sm])])
+                    for sm in sorted(by_sm)
+                ],
+            )
+            for phase, by_sm in self.ratios.items()
+            if by_sm
+        }
+        object.__setattr__(self, "_tables", tables)
 
     def factor(self, phase: str, sm: float, size: int) -> float:
-        by_sm = self.ratios.get(phase)
-        if not by_sm:
+        table = self._tables.get(phase)
+        if table is None:
             return self.default
-        counts = sorted(by_sm)
+        counts, rows = table
         # The largest profiled count <= sm (its factor also holds up to the next one).
-        count = max((c for c in counts if c <= sm), default=counts[0])
-        buckets = by_sm[count]
-        bucket = size_bucket(size)
-        below = [b for b in buckets if b <= bucket]
-        return buckets[max(below)] if below else buckets[min(buckets)]
+        buckets, ratios = rows[max(0, bisect.bisect_right(counts, sm) - 1)]
+        # The largest bucket <= the size's (the smallest one below them all).
+        return ratios[max(0, bisect.bisect_right(buckets, size_bucket(size)) - 1)]
 
     def to_json(self) -> dict[str, Any]:
         return {

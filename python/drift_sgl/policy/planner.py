@@ -1,0 +1,325 @@
+"""The SLO planner: split, prefill layers and admission from the latency model.
+
+Every step (docs/dispatcher.md walks through it):
+  1. **Split.** Decode gets the smallest share whose worst-case step time (the
+     co-run guard included) meets the tightest running TPOT target; prefill gets
+     the rest. Without a target, decode gets the smallest share that is as fast
+     as the whole device would be with a prefill beside it. If no share meets
+     the target, decode gets the largest mixed share and prefill still advances.
+  2. **Admission** (no gang in flight). Waiting requests come in deadline order
+     (earliest TTFT deadline first). One joins the new gang if the gang, with it,
+     still completes before every member's deadline, and if the token budget and
+     the free KV allow. A request whose prefix group is being computed by this
+     gang for the first time waits for the next gang, which finds that prefix
+     cached. Requests that cannot meet their TTFT even alone are "late": with
+     ``overload="serve"`` they are admitted, best-effort, only when no request
+     that can still make it is waiting; with ``"shed"`` they are returned in
+     ``MuxDecision.shed`` for the scheduler to end.
+  3. **Pre-emption** (a gang in flight). A waiting request that would miss its
+     deadline behind the gang, but meets it if it runs now, and is short (less
+     than half the gang's remaining time), starts a gang of its own that runs
+     first, unless that would make the gang in flight miss a deadline it could
+     still meet. Pre-emption does not nest.
+  4. **Layers.** Beside a decode step, enough prefill layers to cover the step's
+     predicted time, so neither partition idles; with no decode, all layers. On
+     a time-multiplexed backend the phases take turns, so the block gets what
+     the TPOT target leaves after decode (at least one layer).
+The planner is pure: the same state gives the same decision.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from drift_sgl.policy.base import MuxDecision, MuxState, WaitingRequest
+
+OVERLOAD_MODES = ("serve", "shed")
+#: Prefill predictions remembered before the memo starts over.
+_MEMO_ENTRIES = 4096
+
+
+class LatencyPredictor(Protocol):
+    """The part of ``drift_sgl.latency.LatencyModel`` the planner uses."""
+
+    def prefill_ms(
+        self,
+        new_tokens: int,
+        prefix_tokens: int,
+        sm: float,
+        worst_case: bool = False,
+        batch_size: int = 1,
+    ) -> float: ...
+
+    def decode_ms(
+        self, batch_size: int, kv_tokens: int, sm: float, worst_case: bool = False
+    ) -> float: ...
+
+
+@dataclass(frozen=True)
+class _Step:
+    """What the planner derived for this step before looking at prefill work."""
+
+    #: Split used while a prefill runs (beside decode, or alone).
+    split: int
+    prefill_units: int
+    #: Whether decode runs this step, and its predicted time.
+    decode_ms: float
+    concurrent: bool
+    #: Prefill budget per step on a time-multiplexed backend (None: cover decode).
+    turn_budget_ms: float | None
+
+
+def _first_meeting(
+    time_at: Callable[[int], float], target: float, lo: int, hi: int, hint: int | None
+) -> int:
+    """The smallest index in [lo, hi] whose time meets ``target`` (hi if none does).
+
+    Times never rise with the index (more decode units). Starting from last
+    step's split, a walk usually settles in two predictions; without a usable
+    hint, bisection.
+    """
+    if time_at(hi) > target:
+        return hi
+    if hint is not None and lo <= hint <= hi:
+        index = hint
+        if time_at(index) <= target:
+            while index > lo and time_at(index - 1) <= target:
+                index -= 1
+        else:
+            while time_at(index) > target:
+                index += 1
+        return index
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if time_at(mid) <= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+@dataclass(frozen=True)
+class SloPlanner:
+    """Decides each step from the latency model and the requests' SLO targets."""
+
+    latency: LatencyPredictor
+    #: What happens to requests that can no longer meet their TTFT.
+    overload: str = "serve"
+    #: Let a short prefill pre-empt a long one at a layer boundary.
+    preemption: bool = True
+    #: Waiting requests examined per step for pre-emption.
+    preempt_candidates: int = 4
+    #: Prefill predictions already made (a cache: decisions do not depend on it).
+    _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.overload not in OVERLOAD_MODES:
+            raise ValueError(f"overload must be one of {OVERLOAD_MODES}, got {self.overload!r}")
+
+    # ------------------------------------------------------------- decision
+
+    def decide(self, state: MuxState) -> MuxDecision:
+        step = self._step(state)
+        admit: tuple[WaitingRequest, ...] = ()
+        shed: tuple[str, ...] = ()
+        preempt = False
+        if state.has_prefill:
+            if self.preemption and not state.prefill_preempting and state.waiting:
+                admit = self._preemptor(state, step)
+                preempt = bool(admit)
+        elif state.waiting:
+            admit, late = self._admission(state, step)
+            if self.overload == "shed":
+                shed = tuple(r.rid for r in late)
+
+        if admit:
+            layers_left = state.num_layers
+            work = (
+                sum(r.new_tokens for r in admit),
+                sum(r.prefix_tokens for r in admit),
+                len(admit),
+            )
+        elif state.has_prefill:
+            layers_left = state.prefill_layers_left
+            work = (state.prefill_new_tokens, state.prefill_prefix_tokens, state.prefill_batch_size)
+        else:
+            return MuxDecision(split_index=len(state.splits) - 1, prefill_layers=0, shed=shed)
+
+        layers = self._layers_per_step(state, step, *work) if state.has_decode else layers_left
+        return MuxDecision(
+            split_index=step.split,
+            prefill_layers=min(layers, layers_left),
+            admit=tuple(r.rid for r in admit),
+            preempt=preempt,
+            shed=shed,
+        )
+
+    # ---------------------------------------------------------------- split
+
+    def _step(self, state: MuxState) -> _Step:
+        splits = state.splits
+        last = len(splits) - 1
+        if not state.has_decode:
+            return _Step(0, splits[0].prefill_units, 0.0, state.concurrent, None)
+        batch, kv = state.decode_batch_size, state.decode_kv_tokens
+        mixed = range(1, last)
+        if not state.concurrent or not mixed:
+            # Phases take turns on the whole device: decode runs solo, and the
+            # prefill block gets what the TPOT target leaves.
+            split = 1 if mixed else last
+            units = splits[split].decode_units or splits[last].decode_units
+            decode = self.latency.decode_ms(batch, kv, units)
+            budget = None
+            if state.decode_tpot_ms is not None:
+                budget = state.decode_tpot_ms - decode
+            prefill_units = splits[split].prefill_units or splits[0].prefill_units
+            return _Step(split, prefill_units, decode, False, budget)
+
+        target = state.decode_tpot_ms
+        if target is None:
+            target = self.latency.decode_ms(batch, kv, splits[last].decode_units, worst_case=True)
+        times: dict[int, float] = {}
+
+        def worst(i: int) -> float:
+            if i not in times:
+                times[i] = self.latency.decode_ms(
+                    batch, kv, splits[i].decode_units, worst_case=True
+                )
+            return times[i]
+
+        split = _first_meeting(worst, target, 1, last - 1, state.previous_split)
+        return _Step(split, splits[split].prefill_units, worst(split), True, None)
+
+    # --------------------------------------------------------------- layers
+
+    def _layers_per_step(
+        self, state: MuxState, step: _Step, new: int, prefix: int, seqs: int
+    ) -> int:
+        per_layer = self._prefill_ms(step, new, prefix, seqs, state.has_decode) / state.num_layers
+        if per_layer <= 0:
+            return state.num_layers
+        if step.turn_budget_ms is not None:
+            return max(1, math.floor(step.turn_budget_ms / per_layer))
+        return max(1, math.ceil(step.decode_ms / per_layer))
+
+    def _prefill_ms(self, step: _Step, new: int, prefix: int, seqs: int, beside: bool) -> float:
+        # The same questions recur step after step (the gang in flight, the
+        # waiting requests at the head of the queue): remember the answers.
+        key = (max(1, new), prefix, max(1, seqs), step.prefill_units, beside and step.concurrent)
+        known = self._memo.get(key)
+        if known is None:
+            if len(self._memo) >= _MEMO_ENTRIES:
+                self._memo.clear()
+            known = self._memo[key] = self.latency.prefill_ms(
+                key[0], prefix, key[3], worst_case=key[4], batch_size=key[2]
+            )
+        return known
+
+    def _gang_ms(self, state: MuxState, step: _Step, new: int, prefix: int, seqs: int) -> float:
+        """Predicted time from launching a gang to its completion."""
+        prefill = self._prefill_ms(step, new, prefix, seqs, state.has_decode)
+        if not state.has_decode or step.concurrent:
+            return prefill
+        # Taking turns: every block waits for one decode step.
+        layers = self._layers_per_step(state, step, new, prefix, seqs)
+        return prefill + math.ceil(state.num_layers / layers) * step.decode_ms
+
+    # ------------------------------------------------------------ admission
+
+    def _first_possible(self, state: MuxState, step: _Step) -> int:
+        """Index of the first waiting request whose deadline a 1-token prefill could meet."""
+        floor_ms = state.now_ms + self._gang_ms(state, step, 1, 0, 1)
+        return bisect.bisect_left(state.waiting, floor_ms, key=lambda r: r.deadline_ms)
+
+    def _admission(
+        self, state: MuxState, step: _Step
+    ) -> tuple[tuple[WaitingRequest, ...], list[WaitingRequest]]:
+        """The new gang, and the late requests seen on the way."""
+        now, waiting = state.now_ms, state.waiting
+        start = self._first_possible(state, step)
+        late = list(waiting[:start])
+        picked: list[WaitingRequest] = []
+        new = prefix = kv = 0
+        earliest = math.inf
+        cold_groups: set[int] = set()
+        for request in waiting[start:]:
+            if len(picked) >= state.prefill_max_requests:
+                break
+            alone = self._gang_ms(state, step, request.new_tokens, request.prefix_tokens, 1)
+            if now + alone > request.deadline_ms:
+                late.append(request)
+                continue
+            if request.group is not None and request.group in cold_groups:
+                continue
+            if kv + request.kv_tokens > state.kv_free_tokens:
+                break
+            if picked and new + request.new_tokens > state.prefill_token_budget:
+                break
+            together = self._gang_ms(
+                state,
+                step,
+                new + request.new_tokens,
+                prefix + request.prefix_tokens,
+                len(picked) + 1,
+            )
+            if picked and now + together > min(earliest, request.deadline_ms):
+                break
+            picked.append(request)
+            new += request.new_tokens
+            prefix += request.prefix_tokens
+            kv += request.kv_tokens
+            earliest = min(earliest, request.deadline_ms)
+            if request.group is not None and request.prefix_tokens == 0:
+                cold_groups.add(request.group)
+        if not picked and late and self.overload == "serve":
+            picked = self._best_effort(state, late)
+            late = late[len(picked) :]
+        return tuple(picked), late
+
+    @staticmethod
+    def _best_effort(state: MuxState, late: list[WaitingRequest]) -> list[WaitingRequest]:
+        """Late requests in deadline order, as many as the budget and KV take."""
+        picked: list[WaitingRequest] = []
+        new = kv = 0
+        for request in late:
+            if len(picked) >= state.prefill_max_requests:
+                break
+            if kv + request.kv_tokens > state.kv_free_tokens:
+                break
+            if picked and new + request.new_tokens > state.prefill_token_budget:
+                break
+            picked.append(request)
+            new += request.new_tokens
+            kv += request.kv_tokens
+        return picked
+
+    # ---------------------------------------------------------- pre-emption
+
+    def _preemptor(self, state: MuxState, step: _Step) -> tuple[WaitingRequest, ...]:
+        """A short request that should run before the gang in flight, if any."""
+        now = state.now_ms
+        gang_ms = self._gang_ms(
+            state,
+            step,
+            state.prefill_new_tokens,
+            state.prefill_prefix_tokens,
+            state.prefill_batch_size,
+        )
+        remaining = gang_ms * state.prefill_layers_left / state.num_layers
+        start = self._first_possible(state, step)
+        for request in state.waiting[start : start + self.preempt_candidates]:
+            if request.kv_tokens > state.kv_free_tokens:
+                continue
+            alone = self._gang_ms(state, step, request.new_tokens, request.prefix_tokens, 1)
+            can_wait = now + remaining + alone <= request.deadline_ms
+            if can_wait or now + alone > request.deadline_ms or 2 * alone > remaining:
+                continue
+            gang_meets = now + remaining <= state.prefill_deadline_ms
+            if gang_meets and now + remaining + alone > state.prefill_deadline_ms:
+                continue
+            return (request,)
+        return ()
