@@ -1,0 +1,1 @@
+"""Discrete-event simulator of drift-sgl and the alternatives (docs/dispatcher.md)."""
