@@ -17,9 +17,13 @@ from e2e.profiling import TinyProfile, make_tiny_profile
 from e2e.servers import drift_server_process, serve
 
 API_KEY = "drift-test-key"
-#: Small enough that a prefill beside decode advances one layer per step, so
-#: the multiplexed path (several steps per prefill) is exercised.
-LAYER_BUDGET_TOKENS = 32
+#: A TPOT target below a CPU decode step: the planner gives a prefill beside
+#: decode one layer per step, so the multiplexed path (several steps per
+#: prefill) is exercised.
+TIGHT_TPOT_MS = "1"
+#: Classes for the SLO tests: "doomed" can never meet its TTFT (it is shed),
+#: "relaxed" has a loose TPOT target; requests without a class get the defaults.
+SLO_CLASSES = '{"doomed": {"ttft_ms": 0.001}, "relaxed": {"ttft_ms": 600000, "tpot_ms": 1000}}'
 
 COMMON_SERVER_ARGS = [
     "--max-total-tokens", "8192",
@@ -66,7 +70,9 @@ def drift_server(tiny_model_dir: Path, server_logs_dir: Path) -> Iterator[Server
         tiny_model_dir,
         server_logs_dir / "drift.log",
         *COMMON_SERVER_ARGS,
-        "--drift-layer-budget-tokens", str(LAYER_BUDGET_TOKENS),
+        "--drift-tpot-slo-ms", TIGHT_TPOT_MS,
+        "--drift-slo-classes", SLO_CLASSES,
+        "--drift-overload", "shed",
         api_key=API_KEY,
     )  # fmt: skip
     yield from serve(server)

@@ -8,10 +8,17 @@ scheduler entry (see ``drift_sgl.entry``).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from dataclasses import dataclass, fields
 
 from drift_sgl.partition import BACKEND_NAMES
+from drift_sgl.policy.planner import OVERLOAD_MODES
+from drift_sgl.policy.slo import SloTable, SloTarget, parse_slo_classes
+
+#: ``slo``: the SLO planner (docs/dispatcher.md); ``layer-budget``: the
+#: foundation's fixed rule (upstream pdmux's heuristic), for comparison.
+POLICY_NAMES = ("slo", "layer-budget")
 
 
 class DriftConfigError(ValueError):
@@ -28,8 +35,17 @@ class DriftConfig:
 
     #: Partition backend: ``auto`` or ``time-mux``.
     partition: str = "auto"
-    #: Prefill work launched beside one decode step, in new tokens x layers.
-    #: The layer-budget rule launches ``budget // new_tokens`` layers (at least 1).
+    #: Which policy decides each step: ``slo`` or ``layer-budget``.
+    policy: str = "slo"
+    #: Server-wide TTFT and TPOT targets in ms (None: no target).
+    ttft_slo_ms: float | None = None
+    tpot_slo_ms: float | None = None
+    #: Per-request classes: inline JSON or a JSON file (``drift_sgl.policy.slo``).
+    slo_classes: str | None = None
+    #: Requests that can no longer meet their TTFT: ``serve`` (best effort) or ``shed``.
+    overload: str = "serve"
+    #: ``layer-budget`` policy only: prefill work beside one decode step, in new
+    #: tokens x layers (``budget // new_tokens`` layers, at least 1).
     layer_budget_tokens: int = 32768
     #: Latency profile (``python -m drift_sgl.profile``); None: estimate (GPU) or
     #: a quick calibration (CPU).
@@ -49,6 +65,31 @@ class DriftConfig:
             )
         if self.profile is not None and not os.path.isfile(self.profile):
             raise DriftConfigError("--drift-profile", f"no such file: {self.profile}")
+        if self.policy not in POLICY_NAMES:
+            raise DriftConfigError(
+                "--drift-policy",
+                f"unknown policy {self.policy!r}; choose {', '.join(POLICY_NAMES)}",
+            )
+        if self.overload not in OVERLOAD_MODES:
+            raise DriftConfigError(
+                "--drift-overload", f"choose {' or '.join(OVERLOAD_MODES)}, got {self.overload!r}"
+            )
+        for name in ("ttft_slo_ms", "tpot_slo_ms"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                flag = "--drift-" + name.replace("_", "-")
+                raise DriftConfigError(flag, f"must be a positive number of ms, got {value}")
+        self.slo_table()  # raises on bad classes
+
+    def slo_table(self) -> SloTable:
+        """The server-wide targets and the classes of ``--drift-slo-classes``."""
+        default = SloTarget(ttft_ms=self.ttft_slo_ms, tpot_ms=self.tpot_slo_ms)
+        if self.slo_classes is None:
+            return SloTable(default=default)
+        try:
+            return SloTable(default=default, classes=parse_slo_classes(self.slo_classes, default))
+        except ValueError as err:
+            raise DriftConfigError("--drift-slo-classes", str(err)) from None
 
 
 _HELP = {
@@ -57,10 +98,31 @@ _HELP = {
         "capable NVIDIA GPU once available, otherwise time-multiplexed) or 'time-mux' "
         "(phases take turns on the whole device). Default: %(default)s."
     ),
+    "policy": (
+        "what decides each step: 'slo' (split, prefill layers, admission and pre-emption "
+        "from the latency model and the SLOs; docs/dispatcher.md) or 'layer-budget' (a "
+        "fixed rule like upstream pdmux's, for comparison). Default: %(default)s."
+    ),
+    "ttft_slo_ms": "time-to-first-token target in ms for requests without a class (default: none).",
+    "tpot_slo_ms": (
+        "time-per-output-token target in ms for requests without a class (default: none: "
+        "decode gets the share that keeps it as fast as on the whole device)."
+    ),
+    "slo_classes": (
+        "per-request SLO classes, as JSON or a JSON file: "
+        '\'{"interactive": {"ttft_ms": 500, "tpot_ms": 40}, "batch": {"ttft_ms": 30000}}\'; '
+        "a request picks one with the x-smg-routing-key header (OpenAI API) or routing_key "
+        "(/generate)."
+    ),
+    "overload": (
+        "requests that can no longer meet their TTFT: 'serve' them best-effort after those "
+        "that can, or 'shed' them (they finish at once with an abort naming the SLO). "
+        "Default: %(default)s."
+    ),
     "layer_budget_tokens": (
-        "prefill work launched beside each decode step, in new tokens x transformer layers: "
-        "a prefill of N new tokens advances max(1, budget // N) layers per step. Smaller "
-        "values interleave prefill more finely with decode. Default: %(default)s."
+        "--drift-policy layer-budget only: prefill work launched beside each decode step, in "
+        "new tokens x transformer layers: a prefill of N new tokens advances max(1, budget "
+        "// N) layers per step. Default: %(default)s."
     ),
     "profile": (
         "latency profile JSON from `python -m drift_sgl.profile run|fit|estimate`. Without "
@@ -81,10 +143,16 @@ def add_drift_args(parser: argparse.ArgumentParser) -> None:
         kwargs = {"default": field.default, "help": _HELP[field.name], "dest": field.name}
         if field.name == "partition":
             kwargs["choices"] = BACKEND_NAMES
+        elif field.name == "policy":
+            kwargs["choices"] = POLICY_NAMES
+        elif field.name == "overload":
+            kwargs["choices"] = OVERLOAD_MODES
         elif field.type == "bool":
             kwargs["action"] = "store_true"
         elif field.type == "int":
             kwargs["type"] = int
+        elif field.type == "float | None":
+            kwargs["type"] = float
         group.add_argument(flag, **kwargs)
 
 

@@ -50,7 +50,7 @@ def test_health_and_server_info(drift_server):
     assert info["disable_overlap_schedule"] is True
     state = info["internal_states"][0]["drift"]
     assert state["partition_backend"] == "time-mux"
-    assert state["policy"] == "LayerBudgetRule"
+    assert state["policy"] == "SloPlanner"
     # No --drift-profile: the scheduler calibrated the CPU and says it is an estimate.
     assert state["latency_model"]["source"] == "cpu-calibration"
     assert state["latency_model"]["estimated"] is True

@@ -26,7 +26,7 @@ def retracting_server(tiny_model_dir, server_logs_dir):
         tiny_model_dir,
         server_logs_dir / "drift-retract.log",
         "--max-total-tokens", str(KV_TOKENS),
-        "--drift-layer-budget-tokens", "32",
+        "--drift-tpot-slo-ms", "1",
         env=env,
     )  # fmt: skip
     yield from serve(server, timeout_s=600)

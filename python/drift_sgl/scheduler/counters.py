@@ -21,6 +21,12 @@ class MuxCounters:
     gangs_merged: int = 0
     #: Requests aborted while their prefill was in flight.
     aborted_mid_prefill: int = 0
+    #: Gangs paused at a layer boundary for a short urgent prefill.
+    preemptions: int = 0
+    #: Requests ended because they could no longer meet their TTFT (--drift-overload shed).
+    shed_requests: int = 0
+    #: Steps the planner raised on (logged; the step fell back to the layer-budget rule).
+    planner_errors: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

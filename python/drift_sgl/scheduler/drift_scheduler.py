@@ -22,22 +22,26 @@ idle checks.
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 from typing import Any, ClassVar
 
 from sglang.srt.environ import envs
+from sglang.srt.managers.io_struct import AbortReq
 from sglang.srt.managers.schedule_batch import FINISH_ABORT
 from sglang.srt.managers.scheduler import Scheduler
+from sglang.srt.mem_cache.common import match_kv_cache
 from sglang.srt.model_executor.forward_batch_info import ForwardMode
 from sglang.srt.observability.req_time_stats import set_schedule_time_batch
 from sglang.srt.runtime_context import get_device
-from sglang.srt.utils import DynamicGradMode
+from sglang.srt.utils import DynamicGradMode, broadcast_pyobj
 
 from drift_sgl.config import DriftConfig
 from drift_sgl.latency.select import device_identity, model_identity, select_latency_model
 from drift_sgl.partition import create_partition_backend, device_units
-from drift_sgl.policy import LayerBudgetRule, MuxDecision, MuxState
+from drift_sgl.policy import LayerBudgetRule, MuxDecision, MuxState, SloPlanner
 from drift_sgl.scheduler.counters import MuxCounters
 from drift_sgl.scheduler.gang import PrefillGang
+from drift_sgl.scheduler.slo_view import SloView, now_ms
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +77,19 @@ class DriftScheduler(Scheduler):
         )
         self.latency_model = latency.model
         logger.info("drift: latency model: %s", latency.reason)
-        self._mux_policy = LayerBudgetRule(layer_budget_tokens=config.layer_budget_tokens)
+        self._slo_view = SloView(config.slo_table())
+        if config.policy == "slo":
+            self._mux_policy = SloPlanner(self.latency_model, overload=config.overload)
+        else:
+            self._mux_policy = LayerBudgetRule(layer_budget_tokens=config.layer_budget_tokens)
+        #: The planner admits requests itself; the layer-budget rule leaves it to SGLang.
+        self._planner_admits = isinstance(self._mux_policy, SloPlanner)
         self._gang: PrefillGang | None = None
+        #: A gang pre-empted at a layer boundary; it resumes when ``_gang`` completes.
+        self._paused_gang: PrefillGang | None = None
+        #: The batch whose attention metadata the backend holds (see _launch_prefill_block).
+        self._attention_owner: Any = None
+        self._previous_split: int | None = None
         self._mux_counters = MuxCounters()
         logger.info(
             "drift: partition backend %s [%s]; policy %s",
@@ -105,14 +120,19 @@ class DriftScheduler(Scheduler):
             self.run_mux_step()
 
     def run_mux_step(self) -> None:
-        """One step: admit, decide, launch both phases, merge a finished prefill."""
+        """One step: decide, shed, admit, launch both phases, merge a finished prefill."""
         self.process_pending_chunked_abort()
         self._process_hicache_events()
         self._drop_finished_from_running()
-        if self._gang is None:
-            self._gang = self._start_gang()
+        if self._gang is None and self._paused_gang is not None:
+            self._gang, self._paused_gang = self._paused_gang, None
+        if self._gang is None and not self._planner_admits:
+            self._gang = self._start_gang(None)
+        decision = self._decide()
+        self._shed(decision.shed)
+        if self._planner_admits:
+            self._admit(decision)
         decode_batch = self._prepare_decode()
-        decision = self._mux_policy.decide(self._mux_state(decode_batch))
         launched_prefill = self._execute(decision, decode_batch)
         if self._gang is not None and self._gang.is_complete():
             self._merge_gang()
@@ -127,6 +147,122 @@ class DriftScheduler(Scheduler):
         if envs.SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_BUSY.get():
             self.invariant_checker.self_check_during_busy()
 
+    # ------------------------------------------------------------- deciding
+
+    def _decide(self) -> MuxDecision:
+        """The policy's decision; with TP, rank 0's, so every rank runs the same."""
+        if self.tp_size == 1:
+            decision = self._safe_decision()
+        else:
+            group = self.tp_group
+            decision = self._safe_decision() if group.rank_in_group == 0 else None
+            decision = broadcast_pyobj(
+                [decision], group.ranks[group.rank_in_group], self.tp_cpu_group, src=group.ranks[0]
+            )[0]
+        self._previous_split = decision.split_index
+        return decision
+
+    def _safe_decision(self) -> MuxDecision:
+        """A planner error must not take the server down: log it, count it, and run
+        this step by the layer-budget rule with SGLang's admission."""
+        try:
+            return self._mux_policy.decide(self._mux_state())
+        except Exception:
+            if not self._planner_admits:
+                raise
+            self._mux_counters.planner_errors += 1
+            if self._mux_counters.planner_errors == 1:
+                logger.exception("drift: the planner failed; this step uses the layer-budget rule")
+            if self._gang is None:
+                self._gang = self._start_gang(None)
+            state = MuxState(
+                decode_batch_size=self.running_batch.batch_size(),
+                prefill_new_tokens=0 if self._gang is None else self._gang.new_tokens,
+                prefill_layers_left=0 if self._gang is None else self._gang.layers_left,
+                num_layers=self.model_config.num_hidden_layers,
+                splits=self._partition.splits,
+            )
+            return LayerBudgetRule().decide(state)
+
+    def _mux_state(self) -> MuxState:
+        running = self.running_batch
+        decoding = [] if running.is_empty() or running.is_prefill_only else running.reqs
+        gang = self._gang
+        view = self._slo_view
+        state = dict(
+            decode_batch_size=len(decoding),
+            prefill_new_tokens=0 if gang is None else gang.new_tokens,
+            prefill_layers_left=0 if gang is None else gang.layers_left,
+            num_layers=self.model_config.num_hidden_layers,
+            splits=self._partition.splits,
+        )
+        if not self._planner_admits:
+            return MuxState(**state)
+        reqs = [] if gang is None else gang.batch.reqs
+        return MuxState(
+            **state,
+            now_ms=now_ms(),
+            concurrent=self._partition.concurrent,
+            decode_kv_tokens=sum(len(r.origin_input_ids) + len(r.output_ids) for r in decoding),
+            decode_tpot_ms=view.tightest_tpot(decoding),
+            prefill_prefix_tokens=sum(int(r.prefix_len) for r in reqs),
+            prefill_batch_size=len(reqs),
+            prefill_deadline_ms=view.earliest_deadline(reqs),
+            prefill_preempting=self._paused_gang is not None,
+            waiting=view.waiting(
+                self.waiting_queue,
+                self._cached_prefix_len,
+                self._mux_counters.gangs_merged,
+                self.new_token_ratio_tracker.current,
+            ),
+            kv_free_tokens=int(
+                self.token_to_kv_pool_allocator.available_size() + self.tree_cache.evictable_size()
+            ),
+            prefill_token_budget=int(self.max_prefill_tokens),
+            previous_split=self._previous_split,
+        )
+
+    def _cached_prefix_len(self, req: Any) -> int:
+        match_kv_cache(req, self.tree_cache)
+        return int(req.prefix_len)
+
+    def _shed(self, rids: tuple[str, ...]) -> None:
+        """End waiting requests that can no longer meet their TTFT (--drift-overload shed)."""
+        for rid in rids:
+            target = self._slo_view.of(next(r for r in self.waiting_queue if r.rid == rid))
+            message = (
+                "drift: request shed under overload: its time-to-first-token target cannot be "
+                f"met (deadline passed or predicted to pass by {target.deadline_ms - now_ms():.0f}"
+                " ms from now); --drift-overload shed"
+            )
+            self.abort_request(
+                AbortReq(
+                    rid=rid,
+                    abort_message=message,
+                    finished_reason={
+                        "type": "abort",
+                        "status_code": HTTPStatus.SERVICE_UNAVAILABLE,
+                        "message": message,
+                    },
+                )
+            )
+            self._mux_counters.shed_requests += 1
+
+    def _admit(self, decision: MuxDecision) -> None:
+        """Start the gang the planner chose (requests retracted earlier go first)."""
+        resumed = [r.rid for r in self.waiting_queue if r.output_ids]
+        if self._gang is not None and not decision.preempt:
+            return
+        if not decision.admit and (self._gang is not None or not resumed):
+            return
+        gang = self._start_gang(tuple(resumed) + decision.admit)
+        if gang is None:
+            return
+        if self._gang is not None:
+            self._paused_gang = self._gang
+            self._mux_counters.preemptions += 1
+        self._gang = gang
+
     def _drop_finished_from_running(self) -> None:
         running = self.running_batch
         size = running.batch_size()
@@ -134,10 +270,26 @@ class DriftScheduler(Scheduler):
         if running.batch_size() < size:
             running.batch_is_full = False
 
-    def _start_gang(self) -> PrefillGang | None:
+    def _start_gang(self, rids: tuple[str, ...] | None) -> PrefillGang | None:
+        """A gang from SGLang's admission, over the requests ``rids`` (None: any)."""
         if self._should_defer_prefill(self.running_batch):
             return None
-        plan = self.get_new_batch_prefill(self.running_batch)
+        if rids is None:
+            plan = self.get_new_batch_prefill(self.running_batch)
+        else:
+            # SGLang's admission (KV budget, radix matching, request setup) runs
+            # over the chosen requests only, in the planner's order.
+            order = {rid: i for i, rid in enumerate(rids)}
+            everyone = self.waiting_queue
+            self.waiting_queue = sorted(
+                (r for r in everyone if r.rid in order), key=lambda r: order[r.rid]
+            )
+            try:
+                plan = self.get_new_batch_prefill(self.running_batch)
+            finally:
+                taken = set(self.waiting_queue)
+                left = [r for r in everyone if r.rid not in order or r in taken]
+                self.waiting_queue = left
         self.running_batch = plan.running_batch
         batch = plan.batch_to_run
         if batch is None or batch.is_empty():
@@ -162,16 +314,6 @@ class DriftScheduler(Scheduler):
         set_schedule_time_batch(batch)
         return batch
 
-    def _mux_state(self, decode_batch: Any | None) -> MuxState:
-        gang = self._gang
-        return MuxState(
-            decode_batch_size=0 if decode_batch is None else decode_batch.batch_size(),
-            prefill_new_tokens=0 if gang is None else gang.new_tokens,
-            prefill_layers_left=0 if gang is None else gang.layers_left,
-            num_layers=self.model_config.num_hidden_layers,
-            splits=self._partition.splits,
-        )
-
     def _execute(self, decision: MuxDecision, decode_batch: Any | None) -> bool:
         """Launch the step's work in its partitions; returns whether prefill ran."""
         split = decision.split_index
@@ -179,6 +321,7 @@ class DriftScheduler(Scheduler):
         if decode_batch is not None:
             with self._partition.decode_scope(split):
                 decode_result = self.run_batch(decode_batch)
+            self._attention_owner = decode_batch
         launch_prefill = self._gang is not None and decision.prefill_layers > 0
         if launch_prefill:
             with self._partition.prefill_scope(split):
@@ -198,7 +341,15 @@ class DriftScheduler(Scheduler):
         batch = gang.batch
         count = min(layers, gang.layers_left)
         batch.split_forward_count = count
+        if batch.split_index > 0 and self._attention_owner is not batch:
+            # SGLang sets up the attention metadata of a layer-split prefill on
+            # its first block only; a decode step or another gang since then
+            # replaced it, so set it up again before the next block.
+            self.tp_worker.model_runner.attn_backend.init_forward_metadata(
+                batch.split_forward_batch
+            )
         gang.result = self.run_batch(batch)
+        self._attention_owner = batch
         batch.split_index += count
         if gang.fully_launched:
             batch.split_prefill_finished = True
@@ -231,15 +382,15 @@ class DriftScheduler(Scheduler):
 
     def _collect_inflight_batches(self) -> list:
         batches = super()._collect_inflight_batches()
-        gang = getattr(self, "_gang", None)
-        if gang is not None:
-            # Upstream's pdmux misses this: an abort of a request whose prefill
-            # is mid-split must reach it (it then finishes as aborted and frees KV).
-            batches.append(gang.batch)
+        for gang in (getattr(self, "_gang", None), getattr(self, "_paused_gang", None)):
+            if gang is not None:
+                # Upstream's pdmux misses this: an abort of a request whose prefill
+                # is mid-split must reach it (it then finishes as aborted and frees KV).
+                batches.append(gang.batch)
         return batches
 
     def is_fully_idle(self, *args: Any, **kwargs: Any) -> bool:
-        if getattr(self, "_gang", None) is not None:
+        if getattr(self, "_gang", None) is not None or getattr(self, "_paused_gang", None):
             return False
         return super().is_fully_idle(*args, **kwargs)
 
@@ -257,6 +408,16 @@ class DriftScheduler(Scheduler):
             "splits": [[s.prefill_units, s.decode_units] for s in self._partition.splits],
             "policy": type(self._mux_policy).__name__,
             "layer_budget_tokens": self.drift_config.layer_budget_tokens,
+            "slo": {
+                "ttft_ms": self.drift_config.ttft_slo_ms,
+                "tpot_ms": self.drift_config.tpot_slo_ms,
+                "classes": {
+                    name: {"ttft_ms": t.ttft_ms, "tpot_ms": t.tpot_ms}
+                    for name, t in self._slo_view.table.classes.items()
+                },
+                "unknown_classes_seen": sorted(self._slo_view.unknown_classes),
+                "overload": self.drift_config.overload,
+            },
             "counters": self._mux_counters.as_dict(),
             "latency_model": {
                 "source": self.latency_model.source,
@@ -271,6 +432,7 @@ class DriftScheduler(Scheduler):
                 "layers_done": gang.layers_done,
                 "num_layers": gang.num_layers,
             },
+            "gang_paused": None if self._paused_gang is None else sorted(self._paused_gang.rids),
             "kv_total_tokens": int(self.max_total_num_tokens),
             "kv_available_tokens": int(self.token_to_kv_pool_allocator.available_size()),
             "kv_evictable_tokens": int(self.tree_cache.evictable_size()),

@@ -1,0 +1,122 @@
+"""What the planner sees of SGLang's requests: SLO targets, deadlines, prefix hits.
+
+Each request gets a ``RequestSlo`` the first time the scheduler looks at it:
+its targets (by class, see ``drift_sgl.policy.slo``), its TTFT deadline
+(counted from when it entered SGLang's waiting queue) and its prefix group.
+Prefix matches of waiting requests are refreshed once per completed prefill
+(only then can the radix tree have gained their prefix), not every step.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from drift_sgl.policy.base import WaitingRequest
+from drift_sgl.policy.slo import SloTable
+
+logger = logging.getLogger(__name__)
+
+#: Tokens that name a request's prefix group: long enough to tell system
+#: prompts apart, short enough to be cheap to hash.
+GROUP_TOKENS = 64
+#: Output tokens reserved per request at most when estimating its KV need
+#: (SGLang clips max_new_tokens the same way for its own reservation).
+OUTPUT_RESERVE_CLIP = 4096
+
+
+def now_ms() -> float:
+    """The clock of every deadline: SGLang's queue-entry times use perf_counter."""
+    return time.perf_counter() * 1000.0
+
+
+@dataclass
+class RequestSlo:
+    """drift's per-request bookkeeping (kept on the Req as ``drift_slo``)."""
+
+    deadline_ms: float
+    tpot_ms: float | None
+    group: int | None
+    prefix_tokens: int = 0
+    #: Value of the scheduler's prefill counter when the prefix was last matched.
+    matched_at: int = -1
+
+
+class SloView:
+    """Builds the planner's view of the running and waiting requests."""
+
+    def __init__(self, table: SloTable) -> None:
+        self.table = table
+        self.unknown_classes: set[str] = set()
+
+    def of(self, req: Any) -> RequestSlo:
+        slo = getattr(req, "drift_slo", None)
+        if slo is None:
+            name = getattr(req, "routing_key", None)
+            target, known = self.table.lookup(name)
+            if not known and name not in self.unknown_classes:
+                self.unknown_classes.add(name)
+                logger.warning(
+                    "drift: request class %r is not in --drift-slo-classes; "
+                    "using the server-wide targets",
+                    name,
+                )
+            entry = getattr(req.time_stats, "wait_queue_entry_time", 0.0) or 0.0
+            arrival = entry * 1000.0 if entry > 0 else now_ms()
+            ids = req.origin_input_ids
+            slo = RequestSlo(
+                deadline_ms=math.inf if target.ttft_ms is None else arrival + target.ttft_ms,
+                tpot_ms=target.tpot_ms,
+                group=hash(tuple(ids[:GROUP_TOKENS])) if len(ids) >= GROUP_TOKENS else None,
+            )
+            req.drift_slo = slo
+        return slo
+
+    def tightest_tpot(self, reqs: list[Any]) -> float | None:
+        targets = [t for t in (self.of(r).tpot_ms for r in reqs) if t is not None]
+        return min(targets) if targets else None
+
+    def earliest_deadline(self, reqs: list[Any]) -> float:
+        return min((self.of(r).deadline_ms for r in reqs), default=math.inf)
+
+    def waiting(
+        self,
+        queue: list[Any],
+        match_prefix: Any,
+        prefills_done: int,
+        new_token_ratio: float,
+    ) -> tuple[WaitingRequest, ...]:
+        """Waiting requests that still need their first token, by deadline.
+
+        ``match_prefix(req)`` returns the cached prefix length (it adopts the
+        match on the request, as SGLang's own scheduling policy does).
+        Requests retracted after producing tokens are left out: the scheduler
+        resumes them first, whatever the planner admits.
+        """
+        views = []
+        for req in queue:
+            if req.output_ids:
+                continue
+            slo = self.of(req)
+            if slo.matched_at != prefills_done:
+                slo.prefix_tokens = int(match_prefix(req))
+                slo.matched_at = prefills_done
+            total = len(req.origin_input_ids)
+            new = max(1, total - slo.prefix_tokens)
+            max_new = req.sampling_params.max_new_tokens or OUTPUT_RESERVE_CLIP
+            reserve = int(min(max_new, OUTPUT_RESERVE_CLIP) * new_token_ratio)
+            views.append(
+                WaitingRequest(
+                    rid=req.rid,
+                    new_tokens=new,
+                    prefix_tokens=slo.prefix_tokens,
+                    deadline_ms=slo.deadline_ms,
+                    kv_tokens=new + reserve,
+                    group=slo.group,
+                )
+            )
+        views.sort(key=lambda view: view.deadline_ms)  # stable: ties keep arrival order
+        return tuple(views)
