@@ -139,7 +139,7 @@ def test_real_h100_profile_meets_tpot_with_the_smallest_share():
 
 def test_prefill_layers_cover_the_decode_step_so_no_partition_idles():
     model = LinearModel()
-    for target in (2.5, 4.0, 10.0):
+    for target in (3.0, 4.0, 10.0, None):
         s = decode_state(decode_tpot_ms=target, prefill_layers_left=LAYERS)
         decision = planner.decide(s)
         split = s.splits[decision.split_index]
@@ -147,6 +147,18 @@ def test_prefill_layers_cover_the_decode_step_so_no_partition_idles():
         per_layer = model.prefill_ms(2000, 0, split.prefill_units, worst_case=True) / LAYERS
         assert decision.prefill_layers * per_layer >= decode
         assert decision.prefill_layers == 1 or (decision.prefill_layers - 1) * per_layer < decode
+
+
+def test_a_block_never_outlasts_the_tpot_target():
+    """Covering the 2.35 ms decode step takes 2 layers of 1.31 ms, but 2.62 ms > 2.5 ms."""
+    model = LinearModel()
+    s = decode_state(decode_tpot_ms=2.5, prefill_layers_left=LAYERS)
+    decision = planner.decide(s)
+    split = s.splits[decision.split_index]
+    assert split.decode_units == 40
+    per_layer = model.prefill_ms(2000, 0, split.prefill_units, worst_case=True) / LAYERS
+    assert 2 * per_layer > 2.5 >= model.decode_ms(32, 32000, 40, worst_case=True) > per_layer
+    assert decision.prefill_layers == 1
 
 
 def test_layers_are_capped_at_what_is_left():

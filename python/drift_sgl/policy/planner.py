@@ -21,7 +21,8 @@ Every step (docs/dispatcher.md walks through it):
      first, unless that would make the gang in flight miss a deadline it could
      still meet. Pre-emption does not nest.
   4. **Layers.** Beside a decode step, enough prefill layers to cover the step's
-     predicted time, so neither partition idles; with no decode, all layers. On
+     predicted time, so neither partition idles, but no block longer than the
+     TPOT target; with no decode, all layers. On
      a time-multiplexed backend the phases take turns, so the block gets what
      the TPOT target leaves after decode (at least one layer).
 The planner is pure: the same state gives the same decision.
@@ -204,7 +205,13 @@ class SloPlanner:
             return state.num_layers
         if step.turn_budget_ms is not None:
             return max(1, math.floor(step.turn_budget_ms / per_layer))
-        return max(1, math.ceil(step.decode_ms / per_layer))
+        layers = math.ceil(step.decode_ms / per_layer)
+        if state.decode_tpot_ms is not None:
+            # Covering the decode step must not make the block itself longer than
+            # the TPOT target: the next decode step waits for the partition's
+            # previous block (at least one layer, whatever it costs).
+            layers = min(layers, math.floor(state.decode_tpot_ms / per_layer))
+        return max(1, layers)
 
     def _prefill_ms(self, step: _Step, new: int, prefix: int, seqs: int, beside: bool) -> float:
         # The same questions recur step after step (the gang in flight, the

@@ -1,0 +1,86 @@
+"""What a run achieved: SLO attainment, goodput, latency percentiles, prefix reuse.
+
+Per request, TTFT = first token - arrival and TPOT = (last token - first
+token) / (output tokens - 1); a one-token request meets any TPOT target. A
+request is *good* when it meets both targets. Rates are over the run's span,
+from the first arrival to the last completion: goodput = good requests / span,
+throughput = output tokens / span. The prefix hit rate is cached prompt
+tokens / all prompt tokens, counted when each prefill is admitted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from drift_sgl.sim.engine import RequestRecord
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The figures of one run (``to_json`` gives the CLI's keys)."""
+
+    requests: int
+    good_requests: int
+    goodput_rps: float
+    goodput_rps_per_gpu: float
+    slo_attainment: float
+    ttft_attainment: float
+    tpot_attainment: float
+    throughput_tok_s: float
+    ttft_p50_ms: float
+    ttft_p99_ms: float
+    tpot_p50_ms: float
+    tpot_p99_ms: float
+    prefix_hit_rate: float
+    sim_duration_s: float
+
+    def to_json(self) -> dict[str, float | int]:
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default); 0 when empty."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def summarize(
+    records: Sequence[RequestRecord], ttft_slo_ms: float, tpot_slo_ms: float, gpus: int
+) -> Summary:
+    """Figures of ``records`` against the two targets, for a cluster of ``gpus`` GPUs."""
+    if not records:
+        raise ValueError("no requests to summarize")
+    ttfts = [r.ttft_ms for r in records]
+    tpots = [t for r in records if (t := r.tpot_ms) is not None]
+    ttft_ok = [r.ttft_ms <= ttft_slo_ms for r in records]
+    tpot_ok = [(t := r.tpot_ms) is None or t <= tpot_slo_ms for r in records]
+    good = sum(a and b for a, b in zip(ttft_ok, tpot_ok, strict=True))
+    start = min(r.arrival_ms for r in records)
+    end = max(r.last_token_ms for r in records)
+    span_s = max(end - start, 1e-9) / 1000
+    prompt = sum(r.prompt_tokens for r in records)
+    n = len(records)
+    goodput = good / span_s
+    return Summary(
+        requests=n,
+        good_requests=good,
+        goodput_rps=goodput,
+        goodput_rps_per_gpu=goodput / gpus,
+        slo_attainment=good / n,
+        ttft_attainment=sum(ttft_ok) / n,
+        tpot_attainment=sum(tpot_ok) / n,
+        throughput_tok_s=sum(r.output_tokens for r in records) / span_s,
+        ttft_p50_ms=percentile(ttfts, 50),
+        ttft_p99_ms=percentile(ttfts, 99),
+        tpot_p50_ms=percentile(tpots, 50),
+        tpot_p99_ms=percentile(tpots, 99),
+        prefix_hit_rate=sum(r.cached_tokens for r in records) / prompt if prompt else 0.0,
+        sim_duration_s=span_s,
+    )

@@ -1,0 +1,289 @@
+"""PD multiplexing on one GPU: drift's SLO planner and upstream SGLang's pdmux rule.
+
+Both run a decode step and a block of prefill layers side by side on
+complementary SM partitions each step; they differ in the split table, in who
+chooses the split and the layers, and in admission:
+
+* ``drift``: ``SloPlanner(latency, overload="serve")``, the object the server
+  uses, decides everything (split, layers, admission in deadline order,
+  pre-emption) from a ``MuxState`` built like the scheduler builds it. Split
+  table as the green-context backend builds it: every multiple of the SM
+  granularity.
+* ``pdmux``: upstream's ``divide_sm`` table (sm_group_num 8), the split and
+  layers from ``LayerBudgetRule`` (budget 65536 tokens, decode_bs_divisor 36),
+  and SGLang's admission: when no gang is in flight, FCFS up to 16384 new
+  tokens and the free KV, no SLOs, no pre-emption.
+
+Step time = max(decode step at the split's decode SMs, prefill block =
+layers/L of the gang's prefill at the split's prefill SMs); a phase running
+beside the other takes the profile's worst-case (contention-guarded) time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from drift_sgl.partition.base import SmSplit
+from drift_sgl.policy import LayerBudgetRule, MuxDecision, MuxState, SloPlanner, WaitingRequest
+from drift_sgl.sim.engine import Instance, Request, SimError
+
+#: Upstream pdmux's default number of stream groups (prefill-only + 6 mixed + decode-only).
+PDMUX_SM_GROUPS = 8
+
+
+def drift_splits(total_sm: int, granularity: int) -> tuple[SmSplit, ...]:
+    """Prefill-only, then decode shares g, 2g, ... up to total - g, then decode-only."""
+    g = granularity or 8
+    mixed = [SmSplit(total_sm - d, d) for d in range(g, total_sm - g + 1, g)]
+    return (SmSplit(total_sm, 0), *mixed, SmSplit(0, total_sm))
+
+
+def arch_constraints(device_name: str) -> tuple[int, int]:
+    """Green-context (min SMs per part, multiple) by GPU family, as upstream's table.
+
+    Upstream reads the compute capability; the simulator only has the name:
+    Hopper and Blackwell -> (8, 8) (upstream rejects capability >= 10; we
+    assume it would use Hopper's), Ampere/Ada -> (4, 2).
+    """
+    name = device_name.upper()
+    if any(tag in name for tag in ("A100", "A10", "A30", "A40", "L4", "L40", "RTX")):
+        return 4, 2
+    return 8, 8
+
+
+def pdmux_splits(total_sm: int, device_name: str, groups: int = PDMUX_SM_GROUPS - 2):
+    """Upstream ``divide_sm`` (prefill >= decode >= 16), wrapped in the table convention."""
+    min_part, multiple = arch_constraints(device_name)
+    values = [
+        x
+        for x in range(min_part, total_sm - min_part + 1, multiple)
+        if x >= total_sm - x and total_sm - x >= 16
+    ]
+    if not values:
+        raise SimError(f"pdmux: no valid SM division of {total_sm} SMs")
+    if len(values) >= groups:
+        values = values[:: max(1, len(values) // groups)][:groups]
+    mixed = [SmSplit(x, total_sm - x) for x in reversed(values)]
+    return (SmSplit(total_sm, 0), *mixed, SmSplit(0, total_sm))
+
+
+@dataclass(eq=False)
+class Gang:
+    """Requests prefilled together, layer block by layer block."""
+
+    reqs: list[Request]
+    new: int
+    prefix: int
+    layers_left: int
+    deadline_ms: float
+    preempting: bool = False
+
+
+class MuxInstance(Instance):
+    """A GPU multiplexing prefill gangs and decode steps on SM partitions."""
+
+    def __init__(self, *args, planner: bool, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.use_planner = planner
+        cfg, lat = self.config, self.latency
+        if planner:
+            self.policy = SloPlanner(lat, overload="serve")
+            self.splits = drift_splits(self.total_sm, lat.sm_granularity)
+        else:
+            self.policy = LayerBudgetRule(
+                layer_budget_tokens=cfg.pdmux_layer_budget_tokens,
+                decode_full_batch=cfg.pdmux_decode_bs_divisor,
+            )
+            self.splits = pdmux_splits(self.total_sm, lat.device.name)
+        self.gang: Gang | None = None
+        self.paused: Gang | None = None
+        #: When the prefill stream finishes the blocks launched so far (async mode).
+        self.prefill_until = 0.0
+        self.prefill_units = 0
+        self.previous_split: int | None = None
+        self.mixed_steps = 0
+
+    # ------------------------------------------------------------- state
+
+    def _view(self, req: Request) -> WaitingRequest:
+        """The planner's view of a waiting request (memoised until the tree changes)."""
+        version = self.cache.version
+        if req.peek is None or req.peek[0] != version:
+            _, cached = self.cache.match(req.segments)
+            new = req.prompt_tokens - cached
+            view = WaitingRequest(
+                rid=req.rid,
+                new_tokens=new,
+                prefix_tokens=cached,
+                deadline_ms=req.deadline_ms,
+                kv_tokens=new + req.output_tokens,
+                group=req.group,
+            )
+            req.peek = (version, view)
+        return req.peek[1]
+
+    def _state(self) -> MuxState:
+        gang, batch = self.gang, self.batch
+        # Deadlines are arrival + one TTFT target, so arrival order is deadline order.
+        waiting = tuple(self._view(r) for r in self.waiting) if self.use_planner else ()
+        return MuxState(
+            decode_batch_size=batch.size,
+            prefill_new_tokens=gang.new if gang else 0,
+            prefill_layers_left=gang.layers_left if gang else 0,
+            num_layers=self.num_layers,
+            splits=self.splits,
+            now_ms=self.sim.now,
+            concurrent=True,
+            decode_kv_tokens=batch.kv_tokens,
+            decode_tpot_ms=self.config.tpot_slo_ms if batch.size else None,
+            prefill_prefix_tokens=gang.prefix if gang else 0,
+            prefill_batch_size=len(gang.reqs) if gang else 0,
+            prefill_deadline_ms=gang.deadline_ms if gang else float("inf"),
+            prefill_preempting=gang.preempting if gang else False,
+            waiting=waiting,
+            kv_free_tokens=self.cache.available,
+            prefill_token_budget=self.config.max_prefill_tokens,
+            previous_split=self.previous_split,
+        )
+
+    # --------------------------------------------------------- admission
+
+    def _form_gang(self, reqs: list[Request], preempt: bool) -> None:
+        admitted = [r for r in reqs if self.admit(r)]
+        if not admitted:
+            return
+        taken = {id(r) for r in admitted}
+        self.waiting = type(self.waiting)(r for r in self.waiting if id(r) not in taken)
+        gang = Gang(
+            reqs=admitted,
+            new=sum(r.new_tokens for r in admitted),
+            prefix=sum(r.cached_tokens for r in admitted),
+            layers_left=self.num_layers,
+            deadline_ms=min(r.deadline_ms for r in admitted),
+        )
+        if self.gang is not None:
+            if not preempt:
+                raise SimError(f"{self.name}: a new gang while one is in flight")
+            gang.preempting = True
+            self.paused = self.gang
+        self.gang = gang
+
+    def _fcfs(self) -> list[Request]:
+        """SGLang's admission order: FCFS up to the prefill token budget and the free KV."""
+        picked, new, kv = [], 0, 0
+        free = self.cache.available
+        for req in self.waiting:
+            view = self._view(req)
+            if picked and new + view.new_tokens > self.config.max_prefill_tokens:
+                break
+            if kv + view.kv_tokens > free:
+                break
+            picked.append(req)
+            new += view.new_tokens
+            kv += view.kv_tokens
+        return picked
+
+    # -------------------------------------------------------------- step
+
+    def plan(self) -> tuple[float, Callable[[float], None]] | None:
+        now = self.sim.now
+        self._complete_gang(now)
+        if not self.use_planner and self.gang is None and self.waiting:
+            self._form_gang(self._fcfs(), preempt=False)
+        if self.use_planner and self.gang is None and not self.waiting:
+            # Nothing to decide: the planner's answer here is always decode alone on
+            # the decode-only split (test_sim checks it); skipping it saves its
+            # split search, most of a light-load run's cost.
+            decision = MuxDecision(split_index=len(self.splits) - 1, prefill_layers=0)
+        else:
+            decision = self.policy.decide(self._state())
+        self.previous_split = decision.split_index
+        # Like the server, admissions are ignored while a gang is in flight unless
+        # they pre-empt it (with async prefill, a fully launched gang is in flight
+        # although the planner sees no layers left to launch).
+        if decision.admit and (self.gang is None or decision.preempt):
+            by_rid = {r.rid: r for r in self.waiting}
+            self._form_gang([by_rid[rid] for rid in decision.admit], decision.preempt)
+        split = self.splits[decision.split_index]
+        gang, batch = self.gang, self.batch
+        layers = min(decision.prefill_layers, gang.layers_left) if gang else 0
+        if batch.size and split.decode_units == 0:
+            raise SimError(f"{self.name}: split {decision.split_index} leaves decode no SMs")
+        if layers and split.prefill_units == 0:
+            raise SimError(f"{self.name}: split {decision.split_index} leaves prefill no SMs")
+        if self.config.async_prefill:
+            duration = self._async_step(split, layers, now)
+        else:
+            duration = self._sync_step(split, layers)
+        if duration is None:
+            return None
+        decoding = batch.size > 0
+
+        def on_end(end: float) -> None:
+            if decoding:
+                self.decode_step(end)
+            if not self.config.async_prefill and layers:
+                gang.layers_left -= layers
+            self._complete_gang(end)
+
+        return duration, on_end
+
+    def _block_ms(self, split: SmSplit, layers: int, beside_decode: bool) -> float:
+        gang = self.gang
+        assert gang is not None
+        full = self.latency.prefill_ms(
+            max(1, gang.new),
+            gang.prefix,
+            split.prefill_units,
+            worst_case=beside_decode,
+            batch_size=len(gang.reqs),
+        )
+        return full * layers / self.num_layers
+
+    def _sync_step(self, split: SmSplit, layers: int) -> float | None:
+        """The loop waits for both phases: max(decode step, prefill block)."""
+        b = self.batch.size
+        both = layers > 0 and b > 0
+        decode = prefill = 0.0
+        if b:
+            decode = self.latency.decode_ms(b, self.batch.kv_tokens, split.decode_units, both)
+        if layers:
+            prefill = self._block_ms(split, layers, both)
+        self.mixed_steps += both
+        return max(decode, prefill) or None
+
+    def _async_step(self, split: SmSplit, layers: int, now: float) -> float | None:
+        """The loop waits for decode only; prefill blocks queue on the prefill stream.
+
+        As in upstream's ``event_loop_pdmux`` and drift's scheduler: a launched
+        block runs at its launch split's prefill SMs after the blocks before it,
+        and the gang completes at the first step boundary after its last block.
+        While blocks are queued, decode gets at most the SMs they leave free
+        (a policy that sees no layers left to launch may pick a wider split).
+        """
+        b = self.batch.size
+        if layers:
+            block = self._block_ms(split, layers, beside_decode=b > 0)
+            self.prefill_until = max(now, self.prefill_until) + block
+            self.prefill_units = split.prefill_units
+            assert self.gang is not None
+            self.gang.layers_left -= layers
+        busy = self.prefill_until > now
+        if b:
+            self.mixed_steps += busy
+            units = split.decode_units
+            if busy:  # the queued blocks still hold their SMs
+                units = min(units, self.total_sm - self.prefill_units)
+            return self.latency.decode_ms(b, self.batch.kv_tokens, units, busy)
+        if self.gang is not None and busy:
+            return self.prefill_until - now
+        return None
+
+    def _complete_gang(self, now: float) -> None:
+        gang = self.gang
+        if gang is None or gang.layers_left > 0 or self.prefill_until > now:
+            return
+        self.gang, self.paused = self.paused, None
+        for req in gang.reqs:
+            self.prefill_done(req, now)

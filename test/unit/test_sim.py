@@ -1,0 +1,377 @@
+"""The discrete-event simulator (drift_sgl.sim): accounting, caching, policies, CLI."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from drift_sgl.latency.model import LatencyModel
+from drift_sgl.partition.base import SmSplit
+from drift_sgl.policy import MuxState, SloPlanner
+from drift_sgl.sim import cli
+from drift_sgl.sim.cache import CapacityError, RadixCache
+from drift_sgl.sim.driver import simulate
+from drift_sgl.sim.metrics import summarize
+from drift_sgl.sim.policies.mux import drift_splits, pdmux_splits
+from drift_sgl.sim.trace import Turn, write_trace
+
+REPO = Path(__file__).resolve().parents[2]
+PROFILE = REPO / "bench" / "profiles" / "llama-3.1-8b-h100.estimate.json"
+TTFT, TPOT = 2000.0, 50.0
+
+
+@pytest.fixture(scope="module")
+def latency():
+    return LatencyModel.load(PROFILE)
+
+
+def chat(
+    sessions=12,
+    turns=3,
+    new=300,
+    out=40,
+    think=0.5,
+    gap=0.2,
+    prefix=None,
+    prefix_tokens=0,
+    name="s",
+):
+    """A synthetic trace: ``sessions`` sessions of ``turns`` turns, outputs varying 1..out."""
+    rows = []
+    for i in range(sessions):
+        for k in range(turns):
+            rows.append(
+                Turn(
+                    session=f"{name}{i}",
+                    turn=k,
+                    delay_s=i * gap if k == 0 else think,
+                    new_input_tokens=new + 37 * ((i + k) % 5),
+                    output_tokens=1 + (7 * i + 13 * k) % out,
+                    shared_prefix_id=prefix,
+                    shared_prefix_tokens=prefix_tokens if prefix else 0,
+                )
+            )
+    return rows
+
+
+def run(latency, turns, policy, ttft=TTFT, tpot=TPOT, **kwargs):
+    config, _ = cli.make_config(policy, latency, ttft, tpot, **kwargs)
+    return simulate(turns, config, latency)
+
+
+CASES = [
+    ("drift", {}),
+    ("drift", {"mux_loop": "async"}),
+    ("pdmux", {}),
+    ("pdmux", {"mux_loop": "async"}),
+    ("sglang", {}),
+    ("chunked", {}),
+    ("disagg", {"gpus": 2}),
+    ("drift", {"gpus": 2}),
+]
+
+
+# ------------------------------------------------------------ accounting
+
+
+@pytest.mark.parametrize(("policy", "kwargs"), CASES)
+def test_every_request_completes_once_with_exact_tokens(latency, policy, kwargs):
+    turns = chat(prefix="sys", prefix_tokens=500)
+    result = run(latency, turns, policy, **kwargs)
+    rids = [r.rid for r in result.records]
+    assert len(rids) == len(set(rids)) == len(turns)
+    assert set(rids) == {f"{t.session}#{t.turn}" for t in turns}
+    assert not result.stopped_early
+    assert result.tokens_generated == sum(t.output_tokens for t in turns)
+    for record in result.records:
+        assert record.first_token_ms > record.arrival_ms
+        assert record.last_token_ms >= record.first_token_ms
+        assert record.decode_tokens == record.output_tokens - 1
+    assert max(result.max_kv_used) <= result.kv_capacity_tokens
+
+
+def test_later_turns_arrive_after_the_previous_answer_plus_think_time(latency):
+    turns = chat(sessions=3, turns=4, think=0.7)
+    by_rid = {r.rid: r for r in run(latency, turns, "drift").records}
+    for t in turns:
+        if t.turn:
+            before = by_rid[f"{t.session}#{t.turn - 1}"]
+            assert by_rid[f"{t.session}#{t.turn}"].arrival_ms == pytest.approx(
+                before.last_token_ms + 700
+            )
+
+
+# ---------------------------------------------------------- prefix cache
+
+
+@pytest.mark.parametrize("policy", ["drift", "sglang", "chunked"])
+def test_a_long_session_hits_its_own_history(latency, policy):
+    turns = chat(sessions=1, turns=30, new=50, out=20, think=0.1)
+    records = run(latency, turns, policy).records
+    assert summarize(records, TTFT, TPOT, 1).prefix_hit_rate > 0.9
+
+
+def test_disaggregation_splits_the_prefix_cache(latency):
+    shared = chat(sessions=40, turns=1, new=100, prefix="tools", prefix_tokens=4000)
+    hit = {
+        policy: summarize(run(latency, shared, policy, **kw).records, TTFT, TPOT, 1)
+        for policy, kw in (("sglang", {}), ("disagg", {"gpus": 4}))
+    }
+    assert hit["disagg"].prefix_hit_rate < hit["sglang"].prefix_hit_rate
+    # One long session: disagg re-prefills every earlier output.
+    long = chat(sessions=1, turns=20, new=50, out=400, think=0.1)
+    colocated = summarize(run(latency, long, "sglang").records, TTFT, TPOT, 1)
+    split = summarize(run(latency, long, "disagg", gpus=2).records, TTFT, TPOT, 2)
+    assert split.prefix_hit_rate < colocated.prefix_hit_rate - 0.05
+    assert split.prefix_hit_rate > 0.5  # the inputs still hit the prefill instance
+
+
+@pytest.mark.parametrize("policy", ["drift", "pdmux", "sglang", "chunked", "disagg"])
+def test_a_small_kv_pool_evicts_but_serves_everyone(latency, policy):
+    turns = chat(sessions=16, turns=4, new=400, out=60, gap=0.05)
+    gpus = 2 if policy == "disagg" else 1
+    need = max(
+        sum(t.new_input_tokens + t.output_tokens for t in turns if t.session == s)
+        for s in {t.session for t in turns}
+    )
+    result = run(latency, turns, policy, kv_capacity_tokens=need + 500, gpus=gpus)
+    assert len(result.records) == len(turns)
+    assert result.evicted_tokens > 0
+    assert max(result.max_kv_used) <= need + 500
+
+
+def test_kv_capacity_below_one_request_is_an_error(latency):
+    with pytest.raises(cli.SimError, match="KV capacity"):
+        run(latency, chat(sessions=1, turns=1, new=900), "sglang", kv_capacity_tokens=500)
+
+
+def test_radix_cache_lru_locks_and_capacity():
+    cache = RadixCache(100)
+    a = [("shared", 30), ("a:i0", 10)]
+    b = [("shared", 30), ("b:i0", 10)]
+    assert cache.reserve(40)
+    nodes_a = cache.commit([], a, 40)
+    assert cache.match(b)[1] == 30 and cache.used == 40
+    path, _ = cache.match(b, touch=True)
+    cache.lock(path)
+    assert cache.reserve(10)
+    nodes_b = path + cache.commit(path, b[1:], 10)
+    cache.unlock(nodes_a)  # a done; b still holds shared + b:i0
+    assert cache.available == 100 - 50 + 10  # only a:i0 is evictable
+    assert not cache.reserve(61)
+    assert cache.reserve(60)  # evicts a:i0, keeps the locked path
+    assert cache.match(a)[1] == 30 and cache.evicted_tokens == 10
+    assert cache.used == 100 == cache.max_used
+    cache.release(60)
+    cache.unlock(nodes_b)
+    assert cache.reserve(100)  # everything unlocked can go
+    assert cache.tree_tokens == 0
+    with pytest.raises(CapacityError):
+        cache.unlock(nodes_b)
+
+
+# ------------------------------------------------------------- policies
+
+
+def test_split_tables(latency):
+    assert pdmux_splits(132, "NVIDIA H100 80GB HBM3") == (
+        SmSplit(132, 0),
+        *(SmSplit(p, 132 - p) for p in (112, 104, 96, 88, 80, 72)),
+        SmSplit(0, 132),
+    )
+    table = drift_splits(132, 8)
+    assert table[0] == SmSplit(132, 0) and table[-1] == SmSplit(0, 132)
+    assert [s.decode_units for s in table[1:-1]] == list(range(8, 125, 8))
+
+
+@pytest.mark.parametrize(("batch", "kv"), [(1, 100), (64, 200_000), (400, 440_000)])
+def test_planner_shortcut_matches_the_planner(latency, batch, kv):
+    """The simulator skips the planner when it has nothing to decide (decode only)."""
+    splits = drift_splits(132, 8)
+    state = MuxState(
+        decode_batch_size=batch,
+        prefill_new_tokens=0,
+        prefill_layers_left=0,
+        num_layers=32,
+        splits=splits,
+        now_ms=5.0,
+        decode_kv_tokens=kv,
+        decode_tpot_ms=TPOT,
+        kv_free_tokens=1000,
+    )
+    decision = SloPlanner(latency, overload="serve").decide(state)
+    assert (decision.split_index, decision.prefill_layers) == (len(splits) - 1, 0)
+    assert decision.admit == () and not decision.preempt
+
+
+def bursty(bursts=4, size=8, new=8000, every=3.0, short=60):
+    """Bursts of long prompts over a stream of short chats (moderate load on average)."""
+    rows = [
+        Turn(f"long{j}-{i}", 0, every * j + 0.5, new + i, 20)
+        for j in range(bursts)
+        for i in range(size)
+    ]
+    rows += [Turn(f"short{i}", 0, i * 0.2, 200 + i, 30) for i in range(short)]
+    return rows
+
+
+@pytest.mark.parametrize("mux_loop", ["sync", "async"])
+def test_drift_keeps_tpot_where_prefill_first_does_not(latency, mux_loop):
+    turns = bursty()  # prefill-first stalls decoding requests for a whole burst
+    drift = summarize(
+        run(latency, turns, "drift", ttft=20_000, mux_loop=mux_loop).records, 20_000, TPOT, 1
+    )
+    sglang = summarize(run(latency, turns, "sglang", ttft=20_000).records, 20_000, TPOT, 1)
+    assert drift.tpot_p99_ms <= TPOT < sglang.tpot_p99_ms
+
+
+# ---------------------------------------------------------------- CLI
+
+
+@pytest.fixture
+def trace_file(tmp_path):
+    path = tmp_path / "trace.jsonl"
+    write_trace(path, chat(sessions=10, turns=3, prefix="sys", prefix_tokens=800, gap=0.5))
+    return path
+
+
+def args(trace, *extra):
+    return [
+        "--profile",
+        str(PROFILE),
+        "--trace",
+        str(trace),
+        "--ttft-slo-ms",
+        "300",
+        "--tpot-slo-ms",
+        "30",
+        *extra,
+    ]
+
+
+def test_same_inputs_give_identical_json(trace_file):
+    parser = cli.build_parser()
+    argv = args(trace_file, "--policy", "drift", "--rate", "3", "--seed", "5")
+    first, second = (cli.run(parser.parse_args(argv)) for _ in range(2))
+    assert json.dumps(first) == json.dumps(second)
+    third = cli.run(parser.parse_args([*argv[:-1], "6"]))
+    assert json.dumps(third) != json.dumps(first)
+
+
+def test_find_goodput_brackets_the_bound(trace_file, capsys):
+    argv = args(trace_file, "--policy", "sglang", "--find-goodput", "--attainment", "0.9")
+    result = cli.run(cli.build_parser().parse_args(argv))
+    rate, search = result["rate_sessions_per_s"], result["search"]
+    assert result["goodput_found"] and result["slo_attainment"] >= 0.9
+    assert result["goodput_rps"] > 0 and len(search) >= 8
+    higher = [s for s in search if s["rate"] > rate]
+    assert higher, "the search never tried a rate above the goodput"
+    nearest = min(higher, key=lambda s: s["rate"])
+    assert nearest["slo_attainment"] < 0.9 or nearest.get("stopped_early")
+    assert all(s["slo_attainment"] < 0.9 or s.get("stopped_early") for s in higher)
+
+
+def test_find_goodput_search_logic():
+    def evaluate(rate):
+        return {"slo_attainment": 1.0 if rate <= 3.3 else 0.5}
+
+    best, search = cli.find_goodput(evaluate, 0.9, 1.0, bisect_steps=8)
+    assert best is not None and 3.2 < [s["rate"] for s in search][-1] <= 4
+    passing = max(s["rate"] for s in search if s["slo_attainment"] >= 0.9)
+    assert 3.29 < passing <= 3.3
+    assert cli.find_goodput(lambda r: {"slo_attainment": 0.0}, 0.9, 1.0)[0] is None
+
+
+KEYS = (
+    "policy",
+    "gpus",
+    "rate_sessions_per_s",
+    "requests",
+    "goodput_rps",
+    "goodput_rps_per_gpu",
+    "slo_attainment",
+    "ttft_attainment",
+    "tpot_attainment",
+    "throughput_tok_s",
+    "ttft_p50_ms",
+    "ttft_p99_ms",
+    "tpot_p50_ms",
+    "tpot_p99_ms",
+    "prefix_hit_rate",
+    "sim_duration_s",
+    "kv_capacity_tokens",
+    "assumptions",
+)
+
+
+def test_cli_subprocess_rate_and_json(trace_file, tmp_path):
+    out = tmp_path / "out.json"
+    argv = args(trace_file, "--policy", "chunked", "--rate", "2", "--json", str(out))
+    proc = subprocess.run(
+        [sys.executable, "-m", "drift_sgl.sim", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    result = json.loads(proc.stdout)
+    assert json.loads(out.read_text()) == result
+    for key in KEYS:
+        assert key in result
+    assert result["rate_sessions_per_s"] == 2 and result["requests"] == 30
+    assert result["assumptions"]["kv_capacity"]["source"] == "derived"
+    assert math.isclose(result["goodput_rps_per_gpu"], result["goodput_rps"])
+
+
+def test_cli_bad_trace_exits_2_in_one_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"session": "a", "turn": 0}\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "drift_sgl.sim", *args(bad, "--policy", "drift")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "bad.jsonl:1" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--policy", "drift", "--rate", "0"], "--rate must be > 0"),
+        (["--policy", "drift", "--rate", "-2"], "--rate must be > 0"),
+        (["--policy", "disagg", "--gpus", "1"], "disagg needs --gpus >= 2"),
+        (["--policy", "drift", "--find-goodput", "--attainment", "0"], "--attainment"),
+        (["--policy", "drift", "--find-goodput", "--attainment", "1.5"], "--attainment"),
+        (["--policy", "nope"], "invalid choice"),
+        (["--policy", "drift", "--rate", "1", "--find-goodput"], "not allowed"),
+    ],
+)
+def test_cli_bad_input_exits_2(trace_file, capsys, extra, message):
+    assert cli.main(args(trace_file, *extra)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and err.startswith("sim: error:")
+
+
+def test_cli_missing_files_exit_2(trace_file, tmp_path, capsys):
+    assert cli.main(args(tmp_path / "none.jsonl", "--policy", "drift")) == 2
+    assert "cannot read trace" in capsys.readouterr().err
+    argv = args(trace_file, "--policy", "drift")
+    argv[1] = str(tmp_path / "none.json")
+    assert cli.main(argv) == 2
+    assert "cannot read profile" in capsys.readouterr().err
+
+
+def test_derived_kv_capacity(latency):
+    tokens, info = cli.derive_kv_capacity(latency)
+    assert cli.kv_bytes_per_token(latency) == 2 * 32 * 8 * 128 * 2
+    expected = (0.85 * 80 * 2**30 - 2 * 12 * 32 * 4096**2 * 1.15) / 131072
+    assert tokens == int(expected) and info["source"] == "derived"
