@@ -52,15 +52,10 @@ def _run(command: list[str], log: Path, interrupt_after: int | None, samples: Pa
         )
         try:
             deadline = time.monotonic() + 600
-            next_interrupt = 0.0
             while proc.poll() is None and time.monotonic() < deadline:
-                due = interrupt_after is not None and _count(samples) >= interrupt_after
-                if due and time.monotonic() >= next_interrupt:
-                    # Like a user pressing Ctrl-C again: once (in one full-suite CI run
-                    # of many) the first SIGINT did not stop the run; see the closing
-                    # note of issue 4. Repeats are 5 s apart, so one normally suffices.
+                if interrupt_after is not None and _count(samples) >= interrupt_after:
                     proc.send_signal(signal.SIGINT)
-                    next_interrupt = time.monotonic() + 5.0
+                    interrupt_after = None
                 time.sleep(0.5)
             return proc.wait(timeout=120)
         finally:
