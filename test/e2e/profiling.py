@@ -48,7 +48,14 @@ def profile_command(model_dir: Path, out: Path, samples: Path) -> list[str]:
 def _run(command: list[str], log: Path, interrupt_after: int | None, samples: Path) -> int:
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            # A test run started in the background by a non-interactive shell
+            # (`bash .ci/run &`) ignores SIGINT, and children inherit that, so
+            # the interrupt below would be lost: give the run the default.
+            preexec_fn=_default_sigint,
         )
         try:
             deadline = time.monotonic() + 600
@@ -62,6 +69,10 @@ def _run(command: list[str], log: Path, interrupt_after: int | None, samples: Pa
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _count(samples: Path) -> int:
