@@ -67,9 +67,12 @@ class _Step:
     #: Split used while a prefill runs (beside decode, or alone).
     split: int
     prefill_units: int
-    #: Whether decode runs this step, and its predicted time.
+    #: The decode step's predicted time (0.0: no decode this step).
     decode_ms: float
-    concurrent: bool
+    #: Prefill runs beside decode at the same time (so at its worst-case time).
+    co_run: bool
+    #: Prefill and decode take turns on the whole device.
+    takes_turns: bool
     #: Prefill budget per step on a time-multiplexed backend (None: cover decode).
     turn_budget_ms: float | None
 
@@ -165,7 +168,7 @@ class SloPlanner:
         splits = state.splits
         last = len(splits) - 1
         if not state.has_decode:
-            return _Step(0, splits[0].prefill_units, 0.0, state.concurrent, None)
+            return _Step(0, splits[0].prefill_units, 0.0, False, False, None)
         batch, kv = state.decode_batch_size, state.decode_kv_tokens
         mixed = range(1, last)
         if not state.concurrent or not mixed:
@@ -178,7 +181,7 @@ class SloPlanner:
             if state.decode_tpot_ms is not None:
                 budget = state.decode_tpot_ms - decode
             prefill_units = splits[split].prefill_units or splits[0].prefill_units
-            return _Step(split, prefill_units, decode, False, budget)
+            return _Step(split, prefill_units, decode, False, True, budget)
 
         target = state.decode_tpot_ms
         if target is None:
@@ -193,14 +196,14 @@ class SloPlanner:
             return times[i]
 
         split = _first_meeting(worst, target, 1, last - 1, state.previous_split)
-        return _Step(split, splits[split].prefill_units, worst(split), True, None)
+        return _Step(split, splits[split].prefill_units, worst(split), True, False, None)
 
     # --------------------------------------------------------------- layers
 
     def _layers_per_step(
         self, state: MuxState, step: _Step, new: int, prefix: int, seqs: int
     ) -> int:
-        per_layer = self._prefill_ms(step, new, prefix, seqs, state.has_decode) / state.num_layers
+        per_layer = self._prefill_ms(step, new, prefix, seqs) / state.num_layers
         if per_layer <= 0:
             return state.num_layers
         if step.turn_budget_ms is not None:
@@ -213,10 +216,10 @@ class SloPlanner:
             layers = min(layers, math.floor(state.decode_tpot_ms / per_layer))
         return max(1, layers)
 
-    def _prefill_ms(self, step: _Step, new: int, prefix: int, seqs: int, beside: bool) -> float:
+    def _prefill_ms(self, step: _Step, new: int, prefix: int, seqs: int) -> float:
         # The same questions recur step after step (the gang in flight, the
         # waiting requests at the head of the queue): remember the answers.
-        key = (max(1, new), prefix, max(1, seqs), step.prefill_units, beside and step.concurrent)
+        key = (max(1, new), prefix, max(1, seqs), step.prefill_units, step.co_run)
         known = self._memo.get(key)
         if known is None:
             if len(self._memo) >= _MEMO_ENTRIES:
@@ -228,8 +231,8 @@ class SloPlanner:
 
     def _gang_ms(self, state: MuxState, step: _Step, new: int, prefix: int, seqs: int) -> float:
         """Predicted time from launching a gang to its completion."""
-        prefill = self._prefill_ms(step, new, prefix, seqs, state.has_decode)
-        if not state.has_decode or step.concurrent:
+        prefill = self._prefill_ms(step, new, prefix, seqs)
+        if not step.takes_turns:
             return prefill
         # Taking turns: every block waits for one decode step.
         layers = self._layers_per_step(state, step, new, prefix, seqs)
