@@ -175,29 +175,31 @@ class DriftScheduler(Scheduler):
                 logger.exception("drift: the planner failed; this step uses the layer-budget rule")
             if self._gang is None:
                 self._gang = self._start_gang(None)
-            state = MuxState(
-                decode_batch_size=self.running_batch.batch_size(),
-                prefill_new_tokens=0 if self._gang is None else self._gang.new_tokens,
-                prefill_layers_left=0 if self._gang is None else self._gang.layers_left,
-                num_layers=self.model_config.num_hidden_layers,
-                splits=self._partition.splits,
-            )
-            return LayerBudgetRule().decide(state)
+            return LayerBudgetRule().decide(MuxState(**self._base_state(self._decoding())))
 
-    def _mux_state(self) -> MuxState:
+    def _decoding(self) -> list:
+        """Requests of the running batch that take part in this step's decode."""
         running = self.running_batch
-        decoding = [] if running.is_empty() or running.is_prefill_only else running.reqs
+        return [] if running.is_empty() or running.is_prefill_only else running.reqs
+
+    def _base_state(self, decoding: list) -> dict[str, Any]:
+        """The ``MuxState`` fields every policy reads."""
         gang = self._gang
-        view = self._slo_view
-        state = dict(
+        return dict(
             decode_batch_size=len(decoding),
             prefill_new_tokens=0 if gang is None else gang.new_tokens,
             prefill_layers_left=0 if gang is None else gang.layers_left,
             num_layers=self.model_config.num_hidden_layers,
             splits=self._partition.splits,
         )
+
+    def _mux_state(self) -> MuxState:
+        decoding = self._decoding()
+        state = self._base_state(decoding)
         if not self._planner_admits:
             return MuxState(**state)
+        gang = self._gang
+        view = self._slo_view
         reqs = [] if gang is None else gang.batch.reqs
         return MuxState(
             **state,
@@ -228,11 +230,14 @@ class DriftScheduler(Scheduler):
 
     def _shed(self, rids: tuple[str, ...]) -> None:
         """End waiting requests that can no longer meet their TTFT (--drift-overload shed)."""
+        if not rids:
+            return
+        waiting = {req.rid: req for req in self.waiting_queue}
         for rid in rids:
-            target = self._slo_view.of(next(r for r in self.waiting_queue if r.rid == rid))
+            slo = self._slo_view.of(waiting[rid])
             message = (
                 "drift: request shed under overload: its time-to-first-token target cannot be "
-                f"met (deadline passed or predicted to pass by {target.deadline_ms - now_ms():.0f}"
+                f"met (deadline passed or predicted to pass by {slo.deadline_ms - now_ms():.0f}"
                 " ms from now); --drift-overload shed"
             )
             self.abort_request(
@@ -250,9 +255,9 @@ class DriftScheduler(Scheduler):
 
     def _admit(self, decision: MuxDecision) -> None:
         """Start the gang the planner chose (requests retracted earlier go first)."""
-        resumed = [r.rid for r in self.waiting_queue if r.output_ids]
         if self._gang is not None and not decision.preempt:
             return
+        resumed = [r.rid for r in self.waiting_queue if r.output_ids]
         if not decision.admit and (self._gang is not None or not resumed):
             return
         gang = self._start_gang(tuple(resumed) + decision.admit)
