@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from drift_sgl.latency.model import LatencyModel
+from drift_sgl.rate_search import find_goodput
 from drift_sgl.sim import cli
-from drift_sgl.sim.trace import read_trace
+from drift_sgl.sim.trace import first_sessions, read_trace, trace_session_rate, trace_window_s
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "bench" / "profiles" / "llama-3.1-8b-h100.estimate.json"
@@ -67,12 +68,12 @@ def one(task: dict[str, Any]) -> dict[str, Any]:
     latency = LatencyModel.load(task["profile"])
     turns = read_trace(task["trace_path"])
     if task["sessions"]:
-        turns = cli.first_sessions(turns, task["sessions"])
+        turns = first_sessions(turns, task["sessions"])
     policy, gpus = task["policy"], 2 if task["policy"] == "disagg" else 1
     config, notes = cli.make_config(
         policy, latency, task["ttft"], task["tpot"], gpus=gpus, mux_loop=task["mux_loop"]
     )
-    window = cli.trace_window_s(turns)
+    window = trace_window_s(turns)
     label = f"{task['trace']}/{policy}"
 
     def evaluate(rate: float, stop_below: float | None) -> dict[str, Any]:
@@ -88,10 +89,10 @@ def one(task: dict[str, Any]) -> dict[str, Any]:
         return row
 
     bound = task["attainment"]
-    best, search = cli.find_goodput(
+    best, search = find_goodput(
         lambda rate: evaluate(rate, bound),
         bound,
-        cli.trace_session_rate(turns),
+        trace_session_rate(turns),
         task["bisect_steps"],
     )
     found = best is not None

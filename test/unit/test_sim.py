@@ -11,6 +11,7 @@ import pytest
 from drift_sgl.latency.model import LatencyModel
 from drift_sgl.partition.base import SmSplit
 from drift_sgl.policy import MuxState, SloPlanner
+from drift_sgl.rate_search import find_goodput
 from drift_sgl.sim import cli
 from drift_sgl.sim.cache import CapacityError, RadixCache
 from drift_sgl.sim.driver import simulate
@@ -278,11 +279,11 @@ def test_find_goodput_search_logic():
     def evaluate(rate):
         return {"slo_attainment": 1.0 if rate <= 3.3 else 0.5}
 
-    best, search = cli.find_goodput(evaluate, 0.9, 1.0, bisect_steps=8)
+    best, search = find_goodput(evaluate, 0.9, 1.0, bisect_steps=8)
     assert best is not None and 3.2 < [s["rate"] for s in search][-1] <= 4
     passing = max(s["rate"] for s in search if s["slo_attainment"] >= 0.9)
     assert 3.29 < passing <= 3.3
-    assert cli.find_goodput(lambda r: {"slo_attainment": 0.0}, 0.9, 1.0)[0] is None
+    assert find_goodput(lambda r: {"slo_attainment": 0.0}, 0.9, 1.0)[0] is None
 
 
 KEYS = (

@@ -38,21 +38,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from drift_sgl.latency.model import LatencyModel, ProfileError
+from drift_sgl.rate_search import find_goodput
 from drift_sgl.sim.driver import simulate
 from drift_sgl.sim.engine import MAX_PREFILL_TOKENS, SimConfig, SimError
 from drift_sgl.sim.metrics import summarize
 from drift_sgl.sim.policies import DEFAULT_CHUNK, POLICIES
 from drift_sgl.sim.policies.disagg import TRANSFER_FIXED_MS
 from drift_sgl.sim.policies.mux import drift_splits, pdmux_splits
-from drift_sgl.sim.trace import TraceError, Turn, read_trace, sessions, with_session_rate
+from drift_sgl.sim.trace import (
+    TraceError,
+    Turn,
+    at_session_rate,
+    first_sessions,
+    read_trace,
+    sessions,
+    trace_session_rate,
+    trace_window_s,
+)
 
 #: GPU memory in GiB by a word of the device name; longer names first ('H200' before 'H20').
 GPU_MEMORY_GIB = (
@@ -217,20 +225,6 @@ def assumptions(config: SimConfig, latency: LatencyModel, capacity: dict[str, An
 # ------------------------------------------------------------------ runs
 
 
-def tile_sessions(turns: Sequence[Turn], count: int) -> list[Turn]:
-    """The trace's sessions cycled until there are ``count`` (at least all of them once).
-
-    Copy c of session s is named ``s~c``; shared prefixes keep their ids (a
-    system prompt is the same for every user).
-    """
-    groups = sessions(turns)
-    out = [t for group in groups for t in group]
-    for i in range(len(groups), count):
-        copy, group = divmod(i, len(groups))
-        out.extend(replace(t, session=f"{t.session}~{copy}") for t in groups[group])
-    return out
-
-
 def run_at(
     turns: Sequence[Turn],
     config: SimConfig,
@@ -242,16 +236,14 @@ def run_at(
 ) -> dict[str, Any]:
     """Simulate ``turns``: sessions at ``rate`` per second, or the trace's own timing.
 
-    With a rate, sessions are cycled (``tile_sessions``) until their arrivals
-    span about ``window_s`` seconds: a higher rate then means denser load over
-    the same time, not the same few sessions arriving in a burst. With
+    With a rate, the workload is ``trace.at_session_rate`` (sessions cycled
+    until their arrivals span about ``window_s`` seconds). With
     ``stop_below``, a run whose attainment must end below it stops early and
     reports only ``slo_attainment`` (an upper bound) and ``stopped_early``.
     """
-    count = len(sessions(turns))
     if rate is not None:
-        count = max(count, math.ceil(rate * window_s))
-        turns = with_session_rate(tile_sessions(turns, count), rate, seed)
+        turns = at_session_rate(turns, rate, seed, window_s)
+    count = len(sessions(turns))
     run = simulate(turns, config, latency, stop_below)
     if run.stopped_early:
         return {
@@ -271,78 +263,6 @@ def run_at(
         "max_kv_used_tokens": max(run.max_kv_used),
         "evicted_tokens": run.evicted_tokens,
     }
-
-
-def find_goodput(
-    evaluate: Callable[[float], dict[str, Any]],
-    bound: float,
-    start_rate: float,
-    bisect_steps: int = 8,
-    max_doublings: int = 12,
-    progress: Callable[[float, dict[str, Any]], None] | None = None,
-) -> tuple[dict[str, Any] | None, list[dict[str, float]]]:
-    """The highest rate tried whose attainment >= ``bound`` (None if none) and every try.
-
-    Every rate tried above the returned one failed, by construction.
-    """
-    results: dict[float, dict[str, Any]] = {}
-    search: list[dict[str, float]] = []
-
-    def passes(rate: float) -> bool:
-        result = results[rate] = evaluate(rate)
-        point = {"rate": rate, "slo_attainment": result["slo_attainment"]}
-        if result.get("stopped_early"):
-            point["stopped_early"] = True  # the attainment is an upper bound
-        search.append(point)
-        if progress:
-            progress(rate, result)
-        return result["slo_attainment"] >= bound and not result.get("stopped_early")
-
-    lo: float | None = None
-    hi: float | None = None
-    if passes(start_rate):
-        lo = start_rate
-        for _ in range(max_doublings):
-            if not passes(lo * 2):
-                hi = lo * 2
-                break
-            lo *= 2
-    else:
-        hi = start_rate
-        for _ in range(max_doublings):
-            if passes(hi / 2):
-                lo = hi / 2
-                break
-            hi /= 2
-    if lo is None:
-        return None, search
-    if hi is not None:
-        for _ in range(bisect_steps):
-            mid = (lo + hi) / 2
-            if passes(mid):
-                lo = mid
-            else:
-                hi = mid
-    return results[lo], search
-
-
-def trace_session_rate(turns: Sequence[Turn]) -> float:
-    """Sessions per second of the trace's own arrivals (1.0 if they all start at once)."""
-    span = trace_window_s(turns)
-    count = len(sessions(turns))
-    return (count - 1) / span if span > 0 and count > 1 else 1.0
-
-
-def trace_window_s(turns: Sequence[Turn]) -> float:
-    """Seconds between the trace's first and last session arrival."""
-    starts = [s[0].delay_s for s in sessions(turns)]
-    return max(starts) - min(starts)
-
-
-def first_sessions(turns: Sequence[Turn], count: int) -> list[Turn]:
-    """The turns of the first ``count`` sessions (in trace order)."""
-    keep = {s[0].session for s in sessions(turns)[:count]}
-    return [t for t in turns if t.session in keep]
 
 
 # ------------------------------------------------------------------- CLI

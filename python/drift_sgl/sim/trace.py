@@ -272,6 +272,52 @@ def with_session_rate(turns: Sequence[Turn], rate: float, seed: int = 0) -> list
     ]
 
 
+def tile_sessions(turns: Sequence[Turn], count: int) -> list[Turn]:
+    """The trace's sessions cycled until there are ``count`` (at least all of them once).
+
+    Copy c of session s is named ``s~c``; shared prefixes keep their ids (a
+    system prompt is the same for every user).
+    """
+    groups = sessions(turns)
+    out = [t for group in groups for t in group]
+    for i in range(len(groups), count):
+        copy, group = divmod(i, len(groups))
+        out.extend(replace(t, session=f"{t.session}~{copy}") for t in groups[group])
+    return out
+
+
+def at_session_rate(turns: Sequence[Turn], rate: float, seed: int, window_s: float) -> list[Turn]:
+    """The workload of a run at ``rate`` sessions per second.
+
+    Sessions are cycled (``tile_sessions``) until their Poisson arrivals
+    (``with_session_rate``) span about ``window_s`` seconds, so that a higher
+    rate means denser load over the same time, not the same few sessions in a
+    burst. The simulator and the real-server replay build their runs with this,
+    so that the same (trace, rate, seed, window) is the same workload in both.
+    """
+    count = max(len(sessions(turns)), math.ceil(rate * window_s))
+    return with_session_rate(tile_sessions(turns, count), rate, seed)
+
+
+def trace_window_s(turns: Sequence[Turn]) -> float:
+    """Seconds between the trace's first and last session arrival."""
+    starts = [s[0].delay_s for s in sessions(turns)]
+    return max(starts) - min(starts)
+
+
+def trace_session_rate(turns: Sequence[Turn]) -> float:
+    """Sessions per second of the trace's own arrivals (1.0 if they all start at once)."""
+    span = trace_window_s(turns)
+    count = len(sessions(turns))
+    return (count - 1) / span if span > 0 and count > 1 else 1.0
+
+
+def first_sessions(turns: Sequence[Turn], count: int) -> list[Turn]:
+    """The turns of the first ``count`` sessions (in trace order)."""
+    keep = {s[0].session for s in sessions(turns)[:count]}
+    return [t for t in turns if t.session in keep]
+
+
 def prompt_tokens(session_turns: Sequence[Turn], k: int) -> int:
     """Prompt length of turn ``k`` of one session (``session_turns`` sorted by turn).
 
