@@ -1,6 +1,7 @@
 """Generate a synthetic multi-turn trace (format: python/drift_sgl/sim/trace.py).
 
-    python bench/traces/generate.py conversation|agent --sessions N --seed S --out FILE [--summary]
+    python bench/traces/generate.py conversation|agent|tiny --sessions N --seed S --out FILE
+        [--summary]
 
 Two workloads, both deterministic for a seed (stdlib ``random`` only, so the
 committed traces regenerate byte for byte):
@@ -13,6 +14,9 @@ committed traces regenerate byte for byte):
   shared tool definitions, many turns whose inputs are tool outputs of widely
   varied length, short tool-call outputs, a longer final answer, and
   sub-second to few-second tool execution between turns.
+- ``tiny``: the agent's shapes shrunk for the tiny CPU test model (prompts
+  of tens of tokens, 2-6 turns, a 1,500-token context), for benchmarks and
+  tests that drive real servers on a CPU.
 
 bench/traces/README.md explains every distribution and why.
 """
@@ -96,6 +100,7 @@ def build_session(
     arrival_s: float,
     prefix: tuple[str | None, int],
     planned: Sequence[tuple[int, int, float]],
+    max_context: int = MAX_CONTEXT_TOKENS,
 ) -> list[Turn]:
     """Turns from planned (new input, output, think time), cut at the context limit.
 
@@ -106,7 +111,7 @@ def build_session(
     context = prefix_tokens
     turns: list[Turn] = []
     for k, (new_input, output, think_s) in enumerate(planned):
-        if context + new_input + output >= MAX_CONTEXT_TOKENS:
+        if context + new_input + output >= max_context:
             break  # as a client does whose conversation no longer fits
         turns.append(
             Turn(
@@ -120,7 +125,7 @@ def build_session(
             )
         )
         context += new_input + output
-    assert turns, f"{session}: turn 0 alone exceeds {MAX_CONTEXT_TOKENS} tokens"
+    assert turns, f"{session}: turn 0 alone exceeds {max_context} tokens"
     return turns
 
 
@@ -168,7 +173,45 @@ def agent_trace(n_sessions: int, seed: int) -> list[Turn]:
     return trace
 
 
-GENERATORS = {"conversation": conversation_trace, "agent": agent_trace}
+#: The tiny test model's context is 2,048 tokens; the chat template adds a few
+#: tokens per message, and replayed text can tokenize a little longer.
+TINY_MAX_CONTEXT_TOKENS = 1_500
+TINY_ARRIVAL_SPAN_S = 30.0
+TINY_SYSTEM_PROMPTS: tuple[tuple[str | None, int, float], ...] = (
+    ("tiny-sys-0", 48, 0.5),
+    ("tiny-sys-1", 120, 0.3),
+    (None, 0, 0.2),
+)
+
+
+def tiny_trace(n_sessions: int, seed: int) -> list[Turn]:
+    """A short agent-like workload for the tiny CPU model (bench/configs/cpu-tiny.yaml).
+
+    The shapes of ``agent`` (shared prefixes, growing history, short outputs,
+    sub-second think times), shrunk so that a CPU serves it in seconds.
+    """
+    rng = random.Random(seed)
+    trace: list[Turn] = []
+    clock = 0.0
+    for i in range(n_sessions):
+        clock += rng.expovariate(n_sessions / TINY_ARRIVAL_SPAN_S)
+        prefix = pick_prefix(rng, TINY_SYSTEM_PROMPTS)
+        n_turns = turn_count(rng, 2, 6, go_on=0.6)  # mean ~3.3
+        planned = [
+            (
+                tokens(rng, 40, 0.8, 4, 400),  # a message or a tool output
+                tokens(rng, 16, 0.5, 4, 64),  # a short answer or tool call
+                seconds(rng, 0.3, 0.8, 0.05, 2.0),
+            )
+            for _ in range(n_turns)
+        ]
+        trace += build_session(
+            f"tiny-{i:04d}", round(clock, 3), prefix, planned, TINY_MAX_CONTEXT_TOKENS
+        )
+    return trace
+
+
+GENERATORS = {"conversation": conversation_trace, "agent": agent_trace, "tiny": tiny_trace}
 
 
 def positive_int(text: str) -> int:

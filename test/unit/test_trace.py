@@ -269,7 +269,7 @@ def context_lengths(turns: list[Turn]) -> list[int]:
     ]
 
 
-@pytest.mark.parametrize("kind", ["conversation", "agent"])
+@pytest.mark.parametrize("kind", ["conversation", "agent", "tiny"])
 def test_generators_are_deterministic_for_a_seed(tmp_path, kind):
     first = generated(tmp_path, kind, 12, seed=3, name="a.jsonl")
     again = generated(tmp_path, kind, 12, seed=3, name="b.jsonl")
@@ -278,7 +278,7 @@ def test_generators_are_deterministic_for_a_seed(tmp_path, kind):
     assert first.read_bytes() != other.read_bytes()
     turns = read_trace(first)
     assert len(sessions(turns)) == 12
-    assert max(context_lengths(turns)) < 32_000
+    assert max(context_lengths(turns)) < (1_500 if kind == "tiny" else 32_000)
 
 
 def test_agent_trace_structure(tmp_path):
@@ -353,6 +353,7 @@ def test_committed_traces_are_what_the_documented_commands_write(tmp_path):
     assert sorted(out for _, out in commands) == [
         "bench/traces/agent.jsonl",
         "bench/traces/conversation.jsonl",
+        "bench/traces/cpu-tiny.jsonl",
     ]
     for args, committed in commands:
         fresh = tmp_path / Path(committed).name
