@@ -188,7 +188,7 @@ def bench_system(
         limits = Limits(w["max_requests"], w["duration_s"])
         runs: list[dict[str, Any]] = []
 
-        def evaluate(rate: float) -> dict[str, Any]:
+        def measure(rate: float) -> dict[str, Any]:
             flush_cache(server.url, api_key)
             report = replayer.run(
                 turns,
@@ -199,13 +199,16 @@ def bench_system(
                 seed=w["seed"],
                 window_s=w["window_s"],
             )
-            runs.append(report)
             print(
                 f"goodput: {name}: {rate:.4g} sessions/s -> SLO attainment "
                 f"{report['slo_attainment']:.3f}, {report['throughput_tok_s']:.1f} tok/s",
                 file=sys.stderr,
                 flush=True,
             )
+            return report
+
+        def evaluate(rate: float) -> dict[str, Any]:
+            runs.append(report := measure(rate))
             return report
 
         best, search = find_goodput(
@@ -218,7 +221,7 @@ def bench_system(
         found = best is not None
         if best is None:  # report the lowest rate tried, flagged
             best = min(runs, key=lambda r: r["rate_sessions_per_s"])
-        saturation = evaluate(w["saturation_rate"]) if w["saturation_rate"] else None
+        saturation = measure(w["saturation_rate"]) if w["saturation_rate"] else None
     except ServerStartError as err:
         return {"command": command, "error": str(err)}
     finally:
@@ -232,29 +235,28 @@ def bench_system(
         "at_goodput": best,
         "saturation": saturation,
         "search": search,
-        "runs": sorted(runs, key=lambda r: r["rate_sessions_per_s"]),
+        "runs": sorted(runs, key=lambda r: r["rate_sessions_per_s"]),  # the search runs
     }
 
 
 def compare(systems: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The first system's goodput and throughput over each other's."""
+    """For each pair (earlier, later in the config): the earlier one's figures over the later's."""
     names = [n for n, s in systems.items() if "error" not in s]
-    if len(names) < 2:
-        return {}
-    ref, out = names[0], {}
-    for other in names[1:]:
-        a, b = systems[ref], systems[other]
-        row: dict[str, Any] = {
-            "max_session_rate_ratio": _ratio(a["max_session_rate"], b["max_session_rate"]),
-            "goodput_rps_ratio": _ratio(
-                a["at_goodput"]["goodput_rps"], b["at_goodput"]["goodput_rps"]
-            ),
-        }
-        if a["saturation"] and b["saturation"]:
-            row["saturation_throughput_ratio"] = _ratio(
-                a["saturation"]["throughput_tok_s"], b["saturation"]["throughput_tok_s"]
-            )
-        out[f"{ref}_vs_{other}"] = row
+    out = {}
+    for i, ref in enumerate(names):
+        for other in names[i + 1 :]:
+            a, b = systems[ref], systems[other]
+            row: dict[str, Any] = {
+                "max_session_rate_ratio": _ratio(a["max_session_rate"], b["max_session_rate"]),
+                "goodput_rps_ratio": _ratio(
+                    a["at_goodput"]["goodput_rps"], b["at_goodput"]["goodput_rps"]
+                ),
+            }
+            if a["saturation"] and b["saturation"]:
+                row["saturation_throughput_ratio"] = _ratio(
+                    a["saturation"]["throughput_tok_s"], b["saturation"]["throughput_tok_s"]
+                )
+            out[f"{ref}_vs_{other}"] = row
     return out
 
 
@@ -315,7 +317,13 @@ def main(argv: list[str] | None = None) -> int:
         help="override a workload key (VALUE is YAML), e.g. --set bisect_steps=0",
     )
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--replot", action="store_true", help="CONFIG is a goodput.json: "
+                        "redraw its PNG beside it, run nothing")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.replot:
+        report = json.loads(args.config.read_text(encoding="utf-8"))
+        plot(report, args.config.with_suffix(".png"))
+        return 0
     try:
         config = load_config(args.config)
         w = config["workload"]

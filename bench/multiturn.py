@@ -145,7 +145,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     text = json.dumps(report, indent=1)
     if args.json:
-        args.json.write_text(text + "\n", encoding="utf-8")
+        try:
+            args.json.write_text(text + "\n", encoding="utf-8")
+        except OSError as err:
+            print(f"multiturn: error: cannot write {args.json}: {err.strerror or err}",
+                  file=sys.stderr)  # fmt: skip
+            print(text)
+            return 1
     print(summary_line(report), file=sys.stderr)
     print(text)
     return 0

@@ -109,14 +109,16 @@ def test_goodput_cpu_tiny_config_compares_every_system(tmp_path):
         timeout=1500,
     )  # fmt: skip
     systems = report["systems"]
-    assert list(systems) == ["drift", "sglang-default", "sglang-chunked"]
+    names = ["drift", "drift-layer-budget", "sglang-default", "sglang-chunked"]
+    assert list(systems) == names
     for name, system in systems.items():
         assert "error" not in system, f"{name}: {system.get('error')}"
         for run in [system["at_goodput"], system["saturation"], *system["runs"]]:
             assert set(REPORT_KEYS) <= set(run), name
             assert run["failed_requests"] == 0, (name, run["errors"])
         assert system["search"] and system["max_session_rate"] >= 0
-    assert set(report["comparison"]) == {"drift_vs_sglang-default", "drift_vs_sglang-chunked"}
+    pairs = {f"{a}_vs_{b}" for i, a in enumerate(names) for b in names[i + 1 :]}
+    assert set(report["comparison"]) == pairs
     ratio = report["comparison"]["drift_vs_sglang-default"]["saturation_throughput_ratio"]
     assert ratio is not None and ratio > 0
     assert (out / "goodput.json").exists() and (out / "goodput.png").stat().st_size > 10_000
