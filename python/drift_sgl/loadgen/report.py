@@ -2,8 +2,8 @@
 
 Answered turns become the simulator's ``RequestRecord``s, so goodput, SLO
 attainment, throughput, percentiles and the prefix hit rate come from the
-same ``drift_sgl.sim.metrics.summarize`` (its docstring defines them). A
-failed turn counts as a request that met neither target. Real runs add what
+same ``drift_sgl.sim.metrics.summarize`` (its docstring defines them), which
+counts a failed turn as a request that met neither target. Real runs add what
 a simulation cannot have: failures and their reasons, answers shorter than
 asked (a server that ignored ``ignore_eos``), and inter-token gaps.
 """
@@ -59,7 +59,6 @@ def summarize_replay(
     """The report's figures (``REPORT_KEYS`` and a few more) for one replay."""
     answered = [o for o in result.outcomes if o.answer.ok]
     failed = [o for o in result.outcomes if not o.answer.ok]
-    sent = len(result.outcomes)
     extra = {
         "failed_requests": len(failed),
         "not_sent": result.not_sent,
@@ -71,16 +70,13 @@ def summarize_replay(
         empty: dict[str, Any] = dict.fromkeys(REPORT_KEYS)
         zero = ("good_requests", "goodput_rps", "slo_attainment", "throughput_tok_s")
         empty.update({key: 0 for key in zero}, ttft_attainment=0.0, tpot_attainment=0.0)
-        return _ordered({**empty, "requests": sent, **extra})
-    summary = summarize([record(o) for o in answered], ttft_slo_ms, tpot_slo_ms, gpus=1).to_json()
+        return _ordered({**empty, "requests": len(result.outcomes), **extra})
+    records = [record(o) for o in answered]
+    summary = summarize(records, ttft_slo_ms, tpot_slo_ms, gpus=1, failed=len(failed)).to_json()
     figures = {key: summary[key] for key in REPORT_KEYS if key in summary}
-    share = len(answered) / sent  # attainments over every sent request, failures included
-    for key in ("slo_attainment", "ttft_attainment", "tpot_attainment"):
-        figures[key] = round(summary[key] * share, 6)
     gaps = [gap for o in answered for gap in o.answer.gaps_s]
     reported = [o for o in answered if o.answer.cached_tokens is not None]
     figures.update(
-        requests=sent,
         itl_p99_ms=round(percentile(gaps, 99) * 1000, 3),
         # None when the server does not report cached tokens (SGLang needs
         # --enable-cache-report): 0 would claim that nothing was reused.

@@ -52,9 +52,18 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def summarize(
-    records: Sequence[RequestRecord], ttft_slo_ms: float, tpot_slo_ms: float, gpus: int
+    records: Sequence[RequestRecord],
+    ttft_slo_ms: float,
+    tpot_slo_ms: float,
+    gpus: int,
+    failed: int = 0,
 ) -> Summary:
-    """Figures of ``records`` against the two targets, for a cluster of ``gpus`` GPUs."""
+    """Figures of ``records`` against the two targets, for a cluster of ``gpus`` GPUs.
+
+    ``failed`` requests (a real server's errors; they have no token times)
+    count as requests that met neither target; every other figure is over
+    ``records``.
+    """
     if not records:
         raise ValueError("no requests to summarize")
     ttfts = [r.ttft_ms for r in records]
@@ -66,7 +75,7 @@ def summarize(
     end = max(r.last_token_ms for r in records)
     span_s = max(end - start, 1e-9) / 1000
     prompt = sum(r.prompt_tokens for r in records)
-    n = len(records)
+    n = len(records) + failed
     goodput = good / span_s
     return Summary(
         requests=n,
