@@ -29,7 +29,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import requests
 import yaml
 
 from drift_sgl.loadgen.replay import Limits
@@ -116,8 +115,7 @@ def _words(value: Any) -> list[str]:
 
 def resolve_model(server: dict[str, Any]) -> Path:
     """The model directory; with ``tiny_model: true`` it is built when missing."""
-    path = Path(os.path.expandvars(str(server["model_path"])))
-    path = path if path.is_absolute() else REPO / path
+    path = REPO / os.path.expandvars(str(server["model_path"]))  # an absolute path stays
     if server["tiny_model"] and not (path / "config.json").exists():
         from drift_sgl.tools.tiny_model import write_tiny_model
 
@@ -135,17 +133,6 @@ def server_env(extra: dict[str, Any]) -> dict[str, str]:
         prepare_cpu_environment(env, offline=True, preload=False)
     env.update({k: str(v) for k, v in extra.items()})
     return env
-
-
-def flush_cache(url: str, api_key: str | None, timeout_s: float = 120.0) -> None:
-    """Empty the server's prefix cache (retried: it refuses while requests are in flight)."""
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if requests.post(url + "/flush_cache", headers=headers, timeout=30).status_code == 200:
-            return
-        time.sleep(0.5)
-    raise RuntimeError(f"{url}/flush_cache did not succeed within {timeout_s:.0f} s")
 
 
 def bench_system(
@@ -172,9 +159,8 @@ def bench_system(
     ]  # fmt: skip
     command = [sys.executable if word == "python" else word for word in command]
     api_key = os.environ.get("OPENAI_API_KEY")
-    server = ServerProcess(
-        command, port, logs / "logs" / f"{system['name']}.log", env=server_env(system["env"])
-    )
+    log = logs / "logs" / f"{system['name']}.log"
+    server = ServerProcess(command, port, log, env=server_env(system["env"]), api_key=api_key)
     name = system["name"]
     print(f"goodput: {name}: starting {shlex.join(command)}", file=sys.stderr, flush=True)
     started = time.monotonic()
@@ -189,7 +175,7 @@ def bench_system(
         runs: list[dict[str, Any]] = []
 
         def measure(rate: float) -> dict[str, Any]:
-            flush_cache(server.url, api_key)
+            server.flush_cache()
             report = replayer.run(
                 turns,
                 w["ttft_slo_ms"],
@@ -336,8 +322,7 @@ def main(argv: list[str] | None = None) -> int:
             if not sep or key not in WORKLOAD_KEYS:
                 raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a workload key")
             w[key] = yaml.safe_load(value)
-        trace_path = Path(w["trace"]) if Path(w["trace"]).is_absolute() else REPO / w["trace"]
-        turns = read_trace(trace_path)
+        turns = read_trace(REPO / w["trace"])  # an absolute path stays as it is
         if w["sessions"]:
             turns = first_sessions(turns, w["sessions"])
         systems = config["systems"]

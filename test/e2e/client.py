@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from typing import Any
 
 import requests
@@ -105,21 +104,9 @@ def metric(server: ServerProcess, name: str) -> float:
     return sum(values)
 
 
-def wait_drained_and_flush(server: ServerProcess, timeout_s: float = 120.0) -> None:
-    """Wait until no request is in flight, then flush the cache (asserting it worked)."""
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        last = post(server, "/flush_cache", {})
-        if last.status_code == 200:
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"/flush_cache never succeeded: {last.status_code} {last.text}")
-
-
 def assert_kv_pool_empty(server: ServerProcess) -> None:
     """After a flush, every KV slot is free and nothing is held by the radix tree."""
-    wait_drained_and_flush(server)
+    server.flush_cache()
     state = drift_state(server)
     assert state["gang_in_flight"] is None
     assert state["kv_available_tokens"] == state["kv_total_tokens"], state

@@ -20,13 +20,23 @@ from drift_sgl.tools.server_process import (
 SERVER_SCRIPT = textwrap.dedent(
     """
     import http.server, subprocess, sys
-    port, status = int(sys.argv[1]), int(sys.argv[2])
+    port, status, refusals = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     child = subprocess.Popen(["sleep", "300"])
     print("child-pid", child.pid, flush=True)
+    flushes = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
-            code = status if self.path == "/health" else 404
+            self.answer(status if self.path == "/health" else 404)
+
+        def do_POST(self):
+            # /flush_cache refuses the first `refusals` calls, as SGLang does
+            # while requests are in flight; it wants the bearer key "k".
+            flushes.append(self.headers.get("Authorization"))
+            ok = self.path == "/flush_cache" and flushes[-1] == "Bearer k"
+            self.answer(200 if ok and len(flushes) > refusals else 400)
+
+        def answer(self, code):
             self.send_response(code)
             self.send_header("Content-Length", "2")
             self.end_headers()
@@ -40,8 +50,8 @@ SERVER_SCRIPT = textwrap.dedent(
 )
 
 
-def server_command(port, status=200):
-    return [sys.executable, "-c", SERVER_SCRIPT, str(port), str(status)]
+def server_command(port, status=200, refusals=2):
+    return [sys.executable, "-c", SERVER_SCRIPT, str(port), str(status), str(refusals)]
 
 
 def child_pid(server):
@@ -149,3 +159,19 @@ def test_api_key_is_sent(tmp_path):
         assert server.alive()
     with pytest.raises(ServerStartError):
         ServerProcess(command, port, tmp_path / "nokey.log").start(timeout_s=2)
+
+
+def test_flush_cache_retries_until_the_server_accepts(tmp_path):
+    port = free_port()
+    with ServerProcess(server_command(port), port, tmp_path / "s.log", api_key="k") as server:
+        started = time.monotonic()
+        server.flush_cache(timeout_s=10)  # refused twice, then accepted
+        assert time.monotonic() - started >= 0.9  # two 0.5 s waits
+
+
+def test_flush_cache_gives_up_with_the_last_answer(tmp_path):
+    port = free_port()
+    command = server_command(port, refusals=10**6)
+    server = ServerProcess(command, port, tmp_path / "s.log", api_key="k")
+    with server, pytest.raises(RuntimeError, match="flush_cache never succeeded: 400"):
+        server.flush_cache(timeout_s=1)

@@ -91,6 +91,30 @@ class ServerProcess:
         except (urllib.error.URLError, OSError):
             return False
 
+    def flush_cache(self, timeout_s: float = 120.0) -> None:
+        """Empty the server's prefix cache, retrying while it refuses (requests in flight).
+
+        Raises ``RuntimeError`` with the last answer if it never succeeds.
+        """
+        deadline = time.monotonic() + timeout_s
+        last = "no answer"
+        while True:
+            request = urllib.request.Request(self.url + "/flush_cache", data=b"", method="POST")
+            if self.api_key:
+                request.add_header("Authorization", f"Bearer {self.api_key}")
+            try:
+                with urllib.request.urlopen(request, timeout=30) as resp:
+                    if resp.status == 200:
+                        return
+                    last = f"{resp.status} {resp.read()[:300]!r}"
+            except urllib.error.HTTPError as err:
+                last = f"{err.code} {err.read()[:300]!r}"
+            except (urllib.error.URLError, OSError) as err:
+                last = str(err)
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"{self.url}/flush_cache never succeeded: {last}")
+            time.sleep(0.5)
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
