@@ -54,7 +54,7 @@ def relative_errors(predicted: dict[str, Any], measured: dict[str, Any]) -> dict
     return out
 
 
-def drift_command(args: argparse.Namespace, port: int) -> list[str]:
+def drift_command(args: argparse.Namespace, port: int, kv_tokens: int) -> list[str]:
     """The drift server that matches the simulation: same profile, SLOs and KV capacity."""
     return python_module_command(
         "drift_sgl.launch_server",
@@ -64,7 +64,7 @@ def drift_command(args: argparse.Namespace, port: int) -> list[str]:
         "--drift-profile", str(args.profile),
         "--drift-ttft-slo-ms", str(args.ttft_slo_ms),
         "--drift-tpot-slo-ms", str(args.tpot_slo_ms),
-        "--max-total-tokens", str(args.kv_capacity_tokens),
+        "--max-total-tokens", str(kv_tokens),
         "--enable-cache-report",
         *shlex.split(args.server_args),
     )  # fmt: skip
@@ -108,8 +108,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, sim_cli.UsageError) as err:
         print(f"calibrate: error: {err}", file=sys.stderr)
         return 2
-    if args.kv_capacity_tokens is None:
-        args.kv_capacity_tokens = config.kv_capacity_tokens
     window = trace_window_s(turns) if args.window_s is None else args.window_s
     predicted = sim_cli.run_at(turns, config, latency, args.rate, args.seed, window)
     print(f"calibrate: simulated {predicted['requests']} requests", file=sys.stderr)
@@ -119,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if url is None:
             port = free_port()
-            server = ServerProcess(drift_command(args, port), port, args.log).start(600)
+            command = drift_command(args, port, config.kv_capacity_tokens)
+            server = ServerProcess(command, port, args.log).start(600)
             url = server.url
         measured = Replayer(Target(url)).run(
             turns,
@@ -143,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "ttft_slo_ms": args.ttft_slo_ms,
         "tpot_slo_ms": args.tpot_slo_ms,
-        "kv_capacity_tokens": args.kv_capacity_tokens,
+        "kv_capacity_tokens": config.kv_capacity_tokens,
         "server": url if server is None else server.args,
         "figures": relative_errors(predicted, measured),
         "requests": {"predicted": predicted["requests"], "measured": measured["requests"]},

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from drift_sgl.loadgen.clients import FrontendClient, OpenAIChatClient, discover
-from drift_sgl.loadgen.replay import Limits, TurnOutcome, replay
+from drift_sgl.loadgen.replay import Limits, ReplayResult, TurnOutcome, replay
 from drift_sgl.loadgen.report import summarize_replay, turn_rows
 from drift_sgl.loadgen.text import TextMaker, load_tokenizer
 from drift_sgl.sim.trace import Turn, at_session_rate, sessions
@@ -84,7 +84,7 @@ class Replayer:
 
     async def _replay(
         self, turns: Sequence[Turn], limits: Limits, label: str, total: int, progress: bool
-    ):
+    ) -> ReplayResult:
         from tqdm import tqdm
 
         t = self.target
