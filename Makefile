@@ -6,9 +6,9 @@ MODEL  ?=
 PORT   ?= 30000
 ARGS   ?=
 TINY_MODEL_DIR ?= models/tiny-llama
-LINT_PATHS := python test bench
+LINT_PATHS := python test bench sgl-kernel-ext
 
-.PHONY: setup test lint format serve tiny-model clean
+.PHONY: setup test lint format serve tiny-model ext clean
 
 setup:
 	python3 -m pip install --quiet uv
@@ -26,6 +26,10 @@ format:
 
 test: lint
 	$(PY) -m pytest -q
+
+# The optional CUDA extension (sgl-kernel-ext/README.md); skips itself without nvcc.
+ext:
+	$(PY) sgl-kernel-ext/build.py
 
 $(TINY_MODEL_DIR)/config.json:
 	$(PY) -m drift_sgl.tools.tiny_model $(TINY_MODEL_DIR)

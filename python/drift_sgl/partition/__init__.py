@@ -5,19 +5,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from drift_sgl.partition.base import PartitionBackend, PhaseEvent, SmSplit
+from drift_sgl.partition.green_ctx import GreenContextUnavailable, build_green_context_backend
+from drift_sgl.partition.sm_layout import parse_splits
+from drift_sgl.partition.stream_pairs import StreamPair, StreamPairBackend, cpu_stream_backend
 from drift_sgl.partition.time_mux import TimeMultiplexedBackend
 
 __all__ = [
+    "BACKEND_NAMES",
     "BackendChoice",
+    "GreenContextUnavailable",
     "PartitionBackend",
     "PhaseEvent",
     "SmSplit",
+    "StreamPair",
+    "StreamPairBackend",
     "TimeMultiplexedBackend",
     "create_partition_backend",
     "device_units",
 ]
 
-BACKEND_NAMES = ("auto", "time-mux")
+BACKEND_NAMES = ("auto", "green-ctx", "time-mux", "cpu-streams")
 
 
 @dataclass(frozen=True)
@@ -26,29 +33,50 @@ class BackendChoice:
 
     backend: PartitionBackend
     reason: str
+    #: The choice fell back from what was wanted (the log shows it as a warning).
+    fallback: bool = False
 
 
-def create_partition_backend(requested: str, device: str, units: int) -> BackendChoice:
+def create_partition_backend(
+    requested: str, device: str, units: int, splits: str = "auto", gpu_id: int = 0
+) -> BackendChoice:
     """Pick the partition backend for this scheduler process.
 
     Args:
-        requested: ``auto`` or a backend name from ``BACKEND_NAMES``.
+        requested: a name from ``BACKEND_NAMES``.
         device: SGLang's device (``cpu``, ``cuda``, ...).
         units: the device's compute units (``device_units(device)``).
+        splits: ``--drift-splits``: ``auto`` or ``"p1:d1,p2:d2,..."`` (SMs).
+        gpu_id: the CUDA device index of this process.
 
-    ``auto`` chooses green-context partitions on a capable NVIDIA GPU once that
-    backend exists (a later milestone), and the time-multiplexed backend
-    everywhere else.
+    ``auto`` takes green-context partitions on an NVIDIA GPU that has them and
+    falls back to the time-multiplexed backend, with the reason, where it has
+    not (old driver, MIG, no provider). ``green-ctx`` raises
+    ``GreenContextUnavailable`` instead of falling back.
     """
     if requested not in BACKEND_NAMES:
         raise ValueError(f"unknown partition backend {requested!r}; choose from {BACKEND_NAMES}")
+    pairs = parse_splits(splits)
     if requested == "time-mux":
-        reason = "requested"
-    elif device == "cpu":
-        reason = "CPU device: no SM partitions"
-    else:
-        reason = "green-context partitions are not implemented yet on this build"
-    return BackendChoice(TimeMultiplexedBackend(units), reason)
+        return BackendChoice(TimeMultiplexedBackend(units), "requested")
+    if requested == "cpu-streams":
+        if device != "cpu":
+            raise ValueError(f"cpu-streams runs on a CPU device, not {device!r}")
+        backend = cpu_stream_backend(units, pairs)
+        return BackendChoice(backend, "; ".join(backend.notes))
+    if device != "cuda":
+        if requested == "green-ctx":
+            raise GreenContextUnavailable(f"green contexts need an NVIDIA GPU, not {device!r}")
+        where = "CPU" if device == "cpu" else f"{device!r}"
+        return BackendChoice(TimeMultiplexedBackend(units), f"{where} device: no SM partitions")
+    try:
+        backend = build_green_context_backend(gpu_id, pairs)
+    except GreenContextUnavailable as err:
+        if requested == "green-ctx":
+            raise
+        reason = f"green contexts unavailable ({err}); prefill and decode take turns"
+        return BackendChoice(TimeMultiplexedBackend(units), reason, fallback=True)
+    return BackendChoice(backend, "; ".join(backend.notes))
 
 
 def device_units(device: str) -> int:

@@ -81,6 +81,10 @@ class PartitionBackend(ABC):
     def wait_decode(self, split_index: int) -> None:
         """Block until the decode work launched on ``split_index`` has finished."""
 
+    def close(self) -> None:
+        """Release what the backend holds (green contexts); nothing by default."""
+        return None
+
     def describe(self) -> str:
         """One line for the startup log."""
         table = ", ".join(f"{s.prefill_units}:{s.decode_units}" for s in self.splits)
