@@ -79,6 +79,22 @@ def drift_server(tiny_model_dir: Path, server_logs_dir: Path) -> Iterator[Server
 
 
 @pytest.fixture(scope="session")
+def cpu_streams_server(tiny_model_dir: Path, server_logs_dir: Path) -> Iterator[ServerProcess]:
+    """drift on the GPU code path (stream pairs, SGLang's per-split decode state),
+    with torch's CPU stream shims standing in for green contexts."""
+    server = drift_server_process(
+        tiny_model_dir,
+        server_logs_dir / "drift-cpu-streams.log",
+        *COMMON_SERVER_ARGS,
+        "--drift-partition", "cpu-streams",
+        "--drift-tpot-slo-ms", TIGHT_TPOT_MS,
+        "--drift-timeline", str(server_logs_dir / "cpu-streams-timeline.jsonl"),
+        api_key=API_KEY,
+    )  # fmt: skip
+    yield from serve(server)
+
+
+@pytest.fixture(scope="session")
 def sglang_server(tiny_model_dir: Path, server_logs_dir: Path) -> Iterator[ServerProcess]:
     """Plain SGLang (its default scheduler) on the same model, for comparison."""
     port = free_port()

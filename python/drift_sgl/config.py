@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, fields
 
 from drift_sgl.partition import BACKEND_NAMES
+from drift_sgl.partition.sm_layout import parse_splits
 from drift_sgl.policy.planner import OVERLOAD_MODES
 from drift_sgl.policy.slo import SloTable, SloTarget, parse_slo_classes
 
@@ -33,8 +34,14 @@ class DriftConfigError(ValueError):
 class DriftConfig:
     """Settings of the multiplexing scheduler."""
 
-    #: Partition backend: ``auto`` or ``time-mux``.
+    #: Partition backend: ``auto``, ``green-ctx``, ``time-mux`` or ``cpu-streams``.
     partition: str = "auto"
+    #: Mixed SM splits of the green-context backend: ``auto`` or ``"p1:d1,p2:d2,..."``.
+    splits: str = "auto"
+    #: Bound on the memory of the per-split decode CUDA graphs, in GiB (None: none).
+    max_graph_memory_gb: float | None = None
+    #: Write when each decode step and prefill block ran, as JSON lines (None: off).
+    timeline: str | None = None
     #: Which policy decides each step: ``slo`` or ``layer-budget``.
     policy: str = "slo"
     #: Server-wide TTFT and TPOT targets in ms (None: no target).
@@ -59,6 +66,21 @@ class DriftConfig:
                 "--drift-partition",
                 f"unknown backend {self.partition!r}; choose one of {', '.join(BACKEND_NAMES)}",
             )
+        try:
+            parse_splits(self.splits)
+        except ValueError as err:
+            raise DriftConfigError("--drift-splits", str(err)) from None
+        if self.max_graph_memory_gb is not None and not (
+            math.isfinite(self.max_graph_memory_gb) and self.max_graph_memory_gb > 0
+        ):
+            raise DriftConfigError(
+                "--drift-max-graph-memory-gb",
+                f"must be a positive number of GiB, got {self.max_graph_memory_gb}",
+            )
+        if self.timeline is not None:
+            folder = os.path.dirname(os.path.abspath(self.timeline))
+            if not os.path.isdir(folder):
+                raise DriftConfigError("--drift-timeline", f"no such directory: {folder}")
         if self.layer_budget_tokens < 1:
             raise DriftConfigError(
                 "--drift-layer-budget-tokens", f"must be >= 1, got {self.layer_budget_tokens}"
@@ -94,9 +116,28 @@ class DriftConfig:
 
 _HELP = {
     "partition": (
-        "how prefill and decode share the device: 'auto' (green-context SM partitions on a "
-        "capable NVIDIA GPU once available, otherwise time-multiplexed) or 'time-mux' "
-        "(phases take turns on the whole device). Default: %(default)s."
+        "how prefill and decode share the device: 'auto' (green-context SM partitions on an "
+        "NVIDIA GPU that has them, else time-multiplexed, with a warning saying why), "
+        "'green-ctx' (the same, but fail instead of falling back), 'time-mux' (phases take "
+        "turns on the whole device) or 'cpu-streams' (the GPU code path on CPU stream shims, "
+        "for tests). Default: %(default)s."
+    ),
+    "splits": (
+        "green-ctx only: the mixed SM splits to create at start-up, 'auto' (decode gets 1/8 "
+        "to 3/4 of the SMs, rounded to the GPU's granularity) or 'PREFILL:DECODE,...' SM "
+        "counts, e.g. '116:16,100:32,68:64'. Prefill-only and decode-only splits are always "
+        "added; the driver's rounding is read back and logged. Default: %(default)s."
+    ),
+    "max_graph_memory_gb": (
+        "green-ctx only: refuse to start when the decode CUDA graphs, captured once per "
+        "split, take more than this many GiB (start-up logs the figure; use fewer "
+        "--drift-splits or a lower --cuda-graph-max-bs). Default: no bound."
+    ),
+    "timeline": (
+        "write the interval each decode step and prefill layer block ran in, one JSON line "
+        "each, to this file (device time from events on the phases' streams on a GPU, host "
+        "time elsewhere; ranks other than 0 append .tpN/.dpN); /server_info sums up how much "
+        "prefill time overlapped decode. Default: off."
     ),
     "policy": (
         "what decides each step: 'slo' (split, prefill layers, admission and pre-emption "

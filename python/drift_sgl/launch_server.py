@@ -79,7 +79,9 @@ def resolve_device(sglang_argv: list[str]) -> str:
     return "cuda" if has_nvidia_driver() else "cpu"
 
 
-def prepare_sglang_args(sglang_argv: list[str]) -> tuple[Any, str, list[str]]:
+def prepare_sglang_args(
+    sglang_argv: list[str], partition: str = "time-mux"
+) -> tuple[Any, str, list[str]]:
     """SGLang's ``ServerArgs`` as drift runs them: (server_args, device, notes).
 
     Resolves the device, prepares the CPU environment when there is no GPU
@@ -104,7 +106,7 @@ def prepare_sglang_args(sglang_argv: list[str]) -> tuple[Any, str, list[str]]:
     from drift_sgl.server_args_check import check_and_complete
 
     server_args = prepare_server_args(sglang_argv)
-    notes = check_and_complete(server_args, device)
+    notes = check_and_complete(server_args, device, partition)
     return server_args, device, notes
 
 
@@ -117,7 +119,11 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s")
     try:
         config, sglang_argv = split_argv(argv)
-        server_args, device, notes = prepare_sglang_args(sglang_argv)
+        server_args, device, notes = prepare_sglang_args(sglang_argv, config.partition)
+        if config.partition == "green-ctx" and device != "cuda":
+            raise DriftConfigError(
+                "--drift-partition", f"green-ctx needs an NVIDIA GPU; this server runs on {device}"
+            )
     except DriftConfigError as err:
         _fail(err)
     if device == "cpu":

@@ -89,12 +89,15 @@ _INCOMPATIBLE = (
 )
 
 
-def check_and_complete(server_args: Any, device: str) -> list[str]:
+def check_and_complete(server_args: Any, device: str, partition: str = "time-mux") -> list[str]:
     """Validate ``server_args`` for drift and fill in what drift needs.
 
     Args:
         server_args: SGLang's raw (not yet resolved) ``ServerArgs``.
         device: ``"cpu"`` or ``"cuda"``, as the launcher determined it.
+        partition: ``--drift-partition``; on ``cuda`` anything but ``time-mux``
+            turns on SGLang's per-split decode machinery (``enable_pdmux``),
+            whose stream groups drift's scheduler supplies.
 
     Returns:
         Human-readable notes about each setting drift filled in.
@@ -123,6 +126,12 @@ def check_and_complete(server_args: Any, device: str) -> list[str]:
         notes.append("--disable-overlap-schedule (drift's loop overlaps phases itself)")
     if device == "cpu":
         notes += _complete_cpu(server_args)
+    if (device == "cuda" and partition != "time-mux") or partition == "cpu-streams":
+        # Set after the user check above: a user's --enable-pdmux asks for
+        # upstream's loop, this asks SGLang for one decode attention backend
+        # and one set of decode CUDA graphs per split (scheduler/sglang_splits.py).
+        server_args.enable_pdmux = True
+        notes.append("per-split decode CUDA graphs (SGLang's enable_pdmux, drift's splits)")
     return notes
 
 

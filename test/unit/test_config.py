@@ -21,6 +21,10 @@ from drift_sgl.server_args_check import CPU_MEM_FRACTION_STATIC, check_and_compl
         (dict(layer_budget_tokens=0), "--drift-layer-budget-tokens"),
         (dict(layer_budget_tokens=-1), "--drift-layer-budget-tokens"),
         (dict(partition="green"), "--drift-partition"),
+        (dict(splits="100"), "--drift-splits"),
+        (dict(splits="100:0"), "--drift-splits"),
+        (dict(max_graph_memory_gb=0.0), "--drift-max-graph-memory-gb"),
+        (dict(max_graph_memory_gb=float("nan")), "--drift-max-graph-memory-gb"),
     ],
 )
 def test_config_error_starts_with_flag(kwargs, flag):
@@ -51,6 +55,14 @@ def test_split_argv_separates_both_flag_forms():
     config, rest = split_argv(argv)
     assert config == DriftConfig(partition="time-mux", layer_budget_tokens=64)
     assert rest == ["--model-path", "/m", "--tp", "2", "--disable-radix-cache"]
+
+
+def test_split_argv_reads_partition_flags():
+    argv = ["--drift-partition", "green-ctx", "--drift-splits", "116:16,68:64"]
+    config, _ = split_argv([*argv, "--drift-max-graph-memory-gb", "6.5"])
+    assert config.partition == "green-ctx"
+    assert config.splits == "116:16,68:64"
+    assert config.max_graph_memory_gb == 6.5
 
 
 def test_split_argv_without_drift_flags_gives_defaults():
@@ -91,6 +103,26 @@ def test_defaults_are_completed_with_notes():
     assert any("--chunked-prefill-size" in n for n in notes)
     assert any("--disable-overlap-schedule" in n for n in notes)
     assert sa.device is None  # CUDA: nothing CPU-specific filled in
+
+
+@pytest.mark.parametrize(("device", "partition"), [("cuda", "auto"), ("cuda", "green-ctx")])
+def test_gpu_partitions_turn_on_sglang_per_split_graphs(device, partition):
+    sa = server_args()
+    notes = check_and_complete(sa, device, partition)
+    assert sa.enable_pdmux is True
+    assert any("per-split decode CUDA graphs" in n for n in notes)
+
+
+@pytest.mark.parametrize(("device", "partition"), [("cuda", "time-mux"), ("cpu", "auto")])
+def test_no_per_split_graphs_without_partitions(device, partition):
+    sa = server_args()
+    check_and_complete(sa, device, partition)
+    assert sa.enable_pdmux is False
+
+
+def test_users_enable_pdmux_is_still_refused_on_gpu():
+    with pytest.raises(DriftConfigError, match=r"^--enable-pdmux: "):
+        check_and_complete(server_args("--enable-pdmux"), "cuda", "auto")
 
 
 def test_explicit_compatible_values_need_no_notes():
@@ -207,6 +239,8 @@ def test_cli_rejects_chunked_prefill(tmp_path):
     [
         (["--drift-layer-budget-tokens", "0"], "--drift-layer-budget-tokens"),
         (["--drift-bogus", "1"], "--drift-bogus"),
+        (["--drift-splits", "16"], "--drift-splits"),
+        (["--drift-partition", "green-ctx", "--device", "cpu"], "--drift-partition"),
     ],
 )
 def test_cli_rejects_bad_drift_flags(args, flag, tmp_path):

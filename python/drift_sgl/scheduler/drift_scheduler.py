@@ -22,9 +22,12 @@ idle checks.
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractContextManager, nullcontext
 from http import HTTPStatus
 from typing import Any, ClassVar
 
+import torch
+from sglang.srt.distributed.parallel_state import pdmux_prefill_tp_group
 from sglang.srt.environ import envs
 from sglang.srt.managers.io_struct import AbortReq
 from sglang.srt.managers.schedule_batch import FINISH_ABORT
@@ -32,16 +35,28 @@ from sglang.srt.managers.scheduler import Scheduler
 from sglang.srt.mem_cache.common import match_kv_cache
 from sglang.srt.model_executor.forward_batch_info import ForwardMode
 from sglang.srt.observability.req_time_stats import set_schedule_time_batch
-from sglang.srt.runtime_context import get_device
+from sglang.srt.runtime_context import get_device, get_parallel
 from sglang.srt.utils import DynamicGradMode, broadcast_pyobj
 
 from drift_sgl.config import DriftConfig
 from drift_sgl.latency.select import device_identity, model_identity, select_latency_model
-from drift_sgl.partition import create_partition_backend, device_units
+from drift_sgl.partition import (
+    BackendChoice,
+    StreamPairBackend,
+    create_partition_backend,
+    device_units,
+)
 from drift_sgl.policy import LayerBudgetRule, MuxDecision, MuxState, SloPlanner
 from drift_sgl.scheduler.counters import MuxCounters
 from drift_sgl.scheduler.gang import PrefillGang
+from drift_sgl.scheduler.sglang_splits import (
+    decode_graph_memory_gb,
+    publish_stream_groups,
+    select_split,
+    turn_off_sglang_pdmux,
+)
 from drift_sgl.scheduler.slo_view import SloView, now_ms
+from drift_sgl.scheduler.timeline import StepTimeline
 
 logger = logging.getLogger(__name__)
 
@@ -58,22 +73,29 @@ class DriftScheduler(Scheduler):
         return type(cls.__name__, (cls,), {"drift_config": config, "__module__": cls.__module__})
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        #: Set by ``init_pdmux`` on a GPU (before the model worker exists).
+        self._partition_choice: BackendChoice | None = None
         super().__init__(*args, **kwargs)
         # SGLang sends SPLIT_PREFILL batches to the layer-split forward only when
-        # this is set. The server argument stays off, so SGLang builds none of
-        # upstream's pdmux state (its streams need a GPU and sgl_kernel.spatial).
+        # this is set. On a CPU the server argument stays off, so SGLang builds
+        # none of its pdmux state (see init_pdmux for the GPU).
         self.enable_pdmux = True
         self._require_split_prefill()
         config = self.drift_config
-        units = device_units(self.device)
-        choice = create_partition_backend(config.partition, self.device, units)
+        choice = self._partition_choice or self._choose_partition()
         self._partition = choice.backend
+        #: SGLang keeps per-split decode graphs and attention backends (GPU partitions).
+        self._sglang_splits = isinstance(choice.backend, StreamPairBackend)
+        self._graph_memory_gb = (
+            decode_graph_memory_gb(self.tp_worker.model_runner) if self._sglang_splits else 0.0
+        )
+        self._check_graph_memory()
         latency = select_latency_model(
             config.profile,
             config.profile_allow_mismatch,
             self.model_config.hf_config.to_dict(),
             model_identity(self.model_config),
-            device_identity(self.device, units, get_device().gpu_id),
+            device_identity(self.device, self._partition.total_units, get_device().gpu_id),
         )
         self.latency_model = latency.model
         logger.info("drift: latency model: %s", latency.reason)
@@ -91,12 +113,67 @@ class DriftScheduler(Scheduler):
         self._attention_owner: Any = None
         self._previous_split: int | None = None
         self._mux_counters = MuxCounters()
-        logger.info(
-            "drift: partition backend %s [%s]; policy %s",
-            self._partition.describe(),
-            choice.reason,
-            self._mux_policy,
+        self._timeline = self._open_timeline()
+        log = logger.warning if choice.fallback else logger.info
+        log("drift: partition backend %s [%s]", self._partition.describe(), choice.reason)
+        if self._sglang_splits:
+            logger.info(
+                "drift: decode CUDA graphs for %d splits take %.2f GiB",
+                len(self._partition.splits),
+                self._graph_memory_gb,
+            )
+        logger.info("drift: policy %s", self._mux_policy)
+
+    # ------------------------------------------------------------ partitions
+
+    def _choose_partition(self) -> BackendChoice:
+        config = self.drift_config
+        device = get_device().device
+        return create_partition_backend(
+            config.partition,
+            device,
+            device_units(device),
+            splits=config.splits,
+            gpu_id=get_device().gpu_id or 0,
         )
+
+    def init_pdmux(self) -> None:
+        """Called by SGLang's ``__init__`` before the model worker when the launcher
+        set ``enable_pdmux`` (a GPU with green contexts wanted): make the partitions
+        and hand their streams to SGLang, which then captures the decode graphs
+        once per split. Without green contexts, SGLang's pdmux state is turned
+        off again and the time-multiplexed backend is used."""
+        choice = self._choose_partition()
+        self._partition_choice = choice
+        if isinstance(choice.backend, StreamPairBackend):
+            publish_stream_groups(choice.backend)
+        else:
+            turn_off_sglang_pdmux()
+
+    def _open_timeline(self) -> StepTimeline | None:
+        path = self.drift_config.timeline
+        if path is None:
+            return None
+        parallel = get_parallel()
+        if parallel.tp_rank:
+            path += f".tp{parallel.tp_rank}"
+        if parallel.dp_rank:
+            path += f".dp{parallel.dp_rank}"
+        on_device = self._partition.concurrent and self.device == "cuda"
+        return StepTimeline(open(path, "w"), torch.cuda if on_device else None)
+
+    def _span(self, phase: str, split: int, **info: int) -> AbstractContextManager[None]:
+        timeline = self._timeline
+        return nullcontext() if timeline is None else timeline.span(phase, split, **info)
+
+    def _check_graph_memory(self) -> None:
+        bound = self.drift_config.max_graph_memory_gb
+        if bound is not None and self._graph_memory_gb > bound:
+            raise RuntimeError(
+                f"drift-sgl: --drift-max-graph-memory-gb: the decode CUDA graphs of "
+                f"{len(self._partition.splits)} splits take {self._graph_memory_gb:.2f} GiB, "
+                f"more than {bound:g}; use fewer --drift-splits or a lower --cuda-graph-max-bs"
+            )
 
     def _require_split_prefill(self) -> None:
         model = self.tp_worker.model_runner.model
@@ -134,8 +211,10 @@ class DriftScheduler(Scheduler):
             self._admit(decision)
         decode_batch = self._prepare_decode()
         launched_prefill = self._execute(decision, decode_batch)
-        if self._gang is not None and self._gang.is_complete():
+        if self._gang_complete():
             self._merge_gang()
+        if self._timeline is not None:
+            self._timeline.end_step()
 
         # SGLang's abort, idle and memory checks read last_batch: point it at the
         # batch that holds KV beyond the running batch (the gang), else the decode.
@@ -324,12 +403,25 @@ class DriftScheduler(Scheduler):
         split = decision.split_index
         decode_result = None
         if decode_batch is not None:
-            with self._partition.decode_scope(split):
+            if self._sglang_splits:
+                select_split(self.tp_worker.model_runner, split)
+            with (
+                self._partition.decode_scope(split),
+                self._span("decode", split, batch=decode_batch.batch_size()),
+            ):
                 decode_result = self.run_batch(decode_batch)
-            self._attention_owner = decode_batch
-        launch_prefill = self._gang is not None and decision.prefill_layers > 0
+            if not self._sglang_splits:
+                # One attention backend serves both phases: decode replaced
+                # the prefill's metadata (see _launch_prefill_block).
+                self._attention_owner = decode_batch
+        gang = self._gang
+        launch_prefill = gang is not None and decision.prefill_layers > 0
         if launch_prefill:
-            with self._partition.prefill_scope(split):
+            with (
+                self._partition.prefill_scope(split),
+                self._prefill_communicator(),
+                self._span("prefill", split, layers=min(decision.prefill_layers, gang.layers_left)),
+            ):
                 self._launch_prefill_block(decision.prefill_layers, split)
         if decode_batch is not None:
             self._partition.wait_decode(split)
@@ -340,6 +432,32 @@ class DriftScheduler(Scheduler):
             if decode_batch is not None:
                 self._mux_counters.mux_steps += 1
         return launch_prefill
+
+    def _prefill_communicator(self) -> AbstractContextManager[Any]:
+        """With TP and concurrent phases, prefill's collectives go through SGLang's
+        duplicate TP communicator: two streams must not share one NCCL channel."""
+        if self._sglang_splits and self.tp_size > 1:
+            return pdmux_prefill_tp_group()
+        return nullcontext()
+
+    def _gang_complete(self) -> bool:
+        """Whether the gang's last block has finished, agreed by every TP rank.
+
+        Ranks poll their own events; merging on one rank and not another would
+        desynchronise their batches, so with concurrent phases the ranks take
+        the minimum (a CPU all-reduce, only while a gang is fully launched).
+        """
+        gang = self._gang
+        if gang is None or not gang.fully_launched:
+            return False
+        complete = gang.is_complete()
+        if self.tp_size == 1 or not self._partition.concurrent:
+            return complete
+        flag = torch.tensor([int(complete)], dtype=torch.int32)
+        torch.distributed.all_reduce(
+            flag, op=torch.distributed.ReduceOp.MIN, group=self.tp_cpu_group
+        )
+        return bool(flag.item())
 
     def _launch_prefill_block(self, layers: int, split: int) -> None:
         gang = self._gang
@@ -361,9 +479,8 @@ class DriftScheduler(Scheduler):
             gang.done_event = self._partition.record_prefill_event(split)
 
     def _merge_gang(self) -> None:
-        # NOTE: with a concurrent backend and TP > 1, ranks must agree that the
-        # gang completed before merging (all-reduce of the event query); the
-        # time-multiplexed backend completes every launch before it returns.
+        # The gang's last block has completed (its event, observed by the host):
+        # its KV is written before any later decode step, on any stream, reads it.
         gang, self._gang = self._gang, None
         batch = gang.batch
         self.process_batch_result(batch, gang.result)
@@ -424,6 +541,9 @@ class DriftScheduler(Scheduler):
                 "overload": self.drift_config.overload,
             },
             "counters": self._mux_counters.as_dict(),
+            "partition_notes": list(getattr(self._partition, "notes", ())),
+            "decode_graph_memory_gb": round(self._graph_memory_gb, 3),
+            "timeline": None if self._timeline is None else self._timeline.summary(),
             "latency_model": {
                 "source": self.latency_model.source,
                 "estimated": self.latency_model.estimated,
