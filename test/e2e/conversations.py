@@ -34,3 +34,8 @@ def run_conversations(server: ServerProcess, num: int, turns: int) -> list[list[
     with ThreadPoolExecutor(max_workers=num) as pool:
         futures = [pool.submit(run_conversation, server, c, turns) for c in range(num)]
         return [f.result() for f in futures]
+
+
+def answers(runs: list[list[dict]]) -> list[list[str]]:
+    """The assistant's text of every turn of every conversation, for comparisons."""
+    return [[r["choices"][0]["message"]["content"] for r in conv] for conv in runs]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from e2e.client import drift_state, generate_ids
-from e2e.conversations import run_conversations
+from e2e.conversations import answers, run_conversations
 
 pytestmark = pytest.mark.slow
 
@@ -28,10 +28,7 @@ def test_concurrent_multi_turn_conversations_match_sglang(drift_server, sglang_s
     after = drift_state(drift_server)["counters"]
     sglang_runs = run_conversations(sglang_server, num=8, turns=5)
 
-    def contents(runs):
-        return [[r["choices"][0]["message"]["content"] for r in conv] for conv in runs]
-
-    assert contents(drift_runs) == contents(sglang_runs)
+    assert answers(drift_runs) == answers(sglang_runs)
     # Concurrency must have landed prefills while decodes ran: the multiplexed
     # path (decode step + prefill layer block in one step) really ran.
     assert after["mux_steps"] > before["mux_steps"]

@@ -543,6 +543,10 @@ class DriftScheduler(Scheduler):
             "counters": self._mux_counters.as_dict(),
             "partition_notes": list(getattr(self._partition, "notes", ())),
             "decode_graph_memory_gb": round(self._graph_memory_gb, 3),
+            # SGLang's per-split decode attention backends (0: one shared, no splits).
+            "sglang_decode_backends": len(
+                getattr(self.tp_worker.model_runner, "decode_attn_backend_group", None) or ()
+            ),
             "timeline": None if self._timeline is None else self._timeline.summary(),
             "latency_model": {
                 "source": self.latency_model.source,
