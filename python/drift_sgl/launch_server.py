@@ -120,10 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         config, sglang_argv = split_argv(argv)
         server_args, device, notes = prepare_sglang_args(sglang_argv, config.partition)
-        if config.partition == "green-ctx" and device != "cuda":
-            raise DriftConfigError(
-                "--drift-partition", f"green-ctx needs an NVIDIA GPU; this server runs on {device}"
-            )
+        _check_partition_device(config.partition, device)
     except DriftConfigError as err:
         _fail(err)
     if device == "cpu":
@@ -152,6 +149,15 @@ def _run(server_args: object, config: DriftConfig) -> None:
         launch_server(server_args, run_scheduler_process_func=entry)
     finally:
         kill_process_tree(os.getpid(), include_parent=False)
+
+
+def _check_partition_device(partition: str, device: str) -> None:
+    from drift_sgl.partition import GreenContextUnavailable, check_backend_device
+
+    try:
+        check_backend_device(partition, device)
+    except (GreenContextUnavailable, ValueError) as err:
+        raise DriftConfigError("--drift-partition", str(err)) from None
 
 
 def _check_profile(config: DriftConfig, server_args: object, device: str) -> None:

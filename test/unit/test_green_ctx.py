@@ -302,3 +302,17 @@ def test_probe_counts_unwritten_blocks_apart_from_sms():
     assert result.prefill.seen_sms == tuple(range(12))  # the marker is not an SM
     assert result.prefill.unwritten_blocks == 1
     assert result.prefill.confined and not result.prefill.covered and not result.ok
+
+
+def test_backend_device_check_shared_by_launcher_and_scheduler():
+    from drift_sgl.partition import check_backend_device
+
+    check_backend_device("green-ctx", "cuda")
+    check_backend_device("cpu-streams", "cpu")
+    check_backend_device("auto", "cpu")
+    with pytest.raises(GreenContextUnavailable, match="this server runs on cpu"):
+        check_backend_device("green-ctx", "cpu")
+    with pytest.raises(ValueError, match="runs on a CPU device"):
+        check_backend_device("cpu-streams", "cuda")
+    with pytest.raises(ValueError, match="runs on a CPU device"):
+        create_partition_backend("cpu-streams", "cuda", 132)

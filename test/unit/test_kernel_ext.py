@@ -8,14 +8,12 @@ The real driver and the SM-id probe are only exercised by the ``gpu`` test.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
@@ -26,6 +24,7 @@ from drift_sgl.partition.ext import (
     KernelExtError,
     library_path,
 )
+from scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_PY = REPO / "sgl-kernel-ext" / "build.py"
@@ -39,16 +38,7 @@ API_SYMBOLS = {
 }
 
 
-def load_build_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("drift_ext_build", BUILD_PY)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-build_py = load_build_module()
+build_py = load_script(BUILD_PY, "drift_ext_build")
 
 
 def run_build(*args: str) -> subprocess.CompletedProcess[str]:

@@ -4,7 +4,6 @@ co-run bookkeeping of the concurrent path)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -17,6 +16,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+
+from scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "gpu" / "mux_microbench.py"
@@ -35,12 +36,8 @@ def _run(*args: str, cuda: bool = False) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def bench_module():
-    spec = importlib.util.spec_from_file_location("mux_microbench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being built
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    yield load_script(SCRIPT, "mux_microbench")
+    sys.modules.pop("mux_microbench", None)
 
 
 @pytest.fixture(scope="module")

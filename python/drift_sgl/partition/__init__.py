@@ -20,6 +20,7 @@ __all__ = [
     "StreamPair",
     "StreamPairBackend",
     "TimeMultiplexedBackend",
+    "check_backend_device",
     "create_partition_backend",
     "device_units",
 ]
@@ -56,17 +57,14 @@ def create_partition_backend(
     """
     if requested not in BACKEND_NAMES:
         raise ValueError(f"unknown partition backend {requested!r}; choose from {BACKEND_NAMES}")
+    check_backend_device(requested, device)
     pairs = parse_splits(splits)
     if requested == "time-mux":
         return BackendChoice(TimeMultiplexedBackend(units), "requested")
     if requested == "cpu-streams":
-        if device != "cpu":
-            raise ValueError(f"cpu-streams runs on a CPU device, not {device!r}")
         backend = cpu_stream_backend(units, pairs)
         return BackendChoice(backend, "; ".join(backend.notes))
     if device != "cuda":
-        if requested == "green-ctx":
-            raise GreenContextUnavailable(f"green contexts need an NVIDIA GPU, not {device!r}")
         where = "CPU" if device == "cpu" else f"{device!r}"
         return BackendChoice(TimeMultiplexedBackend(units), f"{where} device: no SM partitions")
     try:
@@ -77,6 +75,20 @@ def create_partition_backend(
         reason = f"green contexts unavailable ({err}); prefill and decode take turns"
         return BackendChoice(TimeMultiplexedBackend(units), reason, fallback=True)
     return BackendChoice(backend, "; ".join(backend.notes))
+
+
+def check_backend_device(requested: str, device: str) -> None:
+    """Refuse a backend that cannot run on ``device`` at all (the launcher calls
+    this before any process starts; the scheduler again when it builds one).
+
+    Raises ``GreenContextUnavailable`` for ``green-ctx`` off an NVIDIA GPU and
+    ``ValueError`` for ``cpu-streams`` off a CPU.
+    """
+    if requested == "green-ctx" and device != "cuda":
+        message = f"green-ctx needs an NVIDIA GPU; this server runs on {device}"
+        raise GreenContextUnavailable(message)
+    if requested == "cpu-streams" and device != "cpu":
+        raise ValueError(f"cpu-streams runs on a CPU device; this server runs on {device}")
 
 
 def device_units(device: str) -> int:

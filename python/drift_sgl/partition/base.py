@@ -54,6 +54,8 @@ class PartitionBackend(ABC):
     name: str = "base"
     #: Whether decode and prefill really execute at the same time.
     concurrent: bool = False
+    #: Facts for the startup log and /server_info (how the partitions were made).
+    notes: tuple[str, ...] = ()
 
     @property
     @abstractmethod

@@ -541,7 +541,7 @@ class DriftScheduler(Scheduler):
                 "overload": self.drift_config.overload,
             },
             "counters": self._mux_counters.as_dict(),
-            "partition_notes": list(getattr(self._partition, "notes", ())),
+            "partition_notes": list(self._partition.notes),
             "decode_graph_memory_gb": round(self._graph_memory_gb, 3),
             # SGLang's per-split decode attention backends (0: one shared, no splits).
             "sglang_decode_backends": len(
