@@ -8,9 +8,9 @@ supplies the groups: its backend's stream pairs, one per split, published
 into ``sglang.srt.multiplex.pdmux_context`` before the model worker is built.
 Upstream's own loop, split choice and ``divide_sm`` are not used.
 
-Only a concurrent backend (green contexts) publishes groups. On the CPU and
-after a fallback to the time-multiplexed backend, drift turns SGLang's
-machinery off again, so one set of graphs is captured as usual.
+Only a stream-pair backend (green contexts, or ``cpu-streams`` on a CPU)
+publishes groups. After a fallback to the time-multiplexed backend, drift
+turns SGLang's machinery off again, so one set of graphs is captured as usual.
 """
 
 from __future__ import annotations
