@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 from drift_sgl.partition import BACKEND_NAMES
 from drift_sgl.partition.sm_layout import parse_splits
@@ -59,6 +59,11 @@ class DriftConfig:
     profile: str | None = None
     #: Use a profile even if its model or device differs from the server's.
     profile_allow_mismatch: bool = False
+    #: Seconds the loop may run nothing while requests wait before it aborts them.
+    stall_timeout_s: float = 60.0
+    #: New tokens per prefill chunk (SGLang's --chunked-prefill-size, which the
+    #: launcher moves here); None: chunks of --max-prefill-tokens. No flag of its own.
+    prefill_chunk_tokens: int | None = field(default=None, metadata={"cli": False})
 
     def __post_init__(self) -> None:
         if self.partition not in BACKEND_NAMES:
@@ -101,6 +106,15 @@ class DriftConfig:
             if value is not None and not (math.isfinite(value) and value > 0):
                 flag = "--drift-" + name.replace("_", "-")
                 raise DriftConfigError(flag, f"must be a positive number of ms, got {value}")
+        if not (math.isfinite(self.stall_timeout_s) and self.stall_timeout_s > 0):
+            raise DriftConfigError(
+                "--drift-stall-timeout-s",
+                f"must be a positive number of seconds, got {self.stall_timeout_s}",
+            )
+        if self.prefill_chunk_tokens is not None and self.prefill_chunk_tokens < 1:
+            raise DriftConfigError(
+                "--chunked-prefill-size", f"must be >= 1, got {self.prefill_chunk_tokens}"
+            )
         self.slo_table()  # raises on bad classes
 
     def slo_table(self) -> SloTable:
@@ -169,6 +183,11 @@ _HELP = {
         "latency profile JSON from `python -m drift_sgl.profile run|fit|estimate`. Without "
         "one: an estimate for the detected GPU, or a quick calibration on a CPU."
     ),
+    "stall_timeout_s": (
+        "liveness watchdog: when requests wait and the loop has run nothing for this many "
+        "seconds, it aborts them (503, with a message saying why) and logs their ids, instead "
+        "of leaving clients hanging. Default: %(default)s."
+    ),
     "profile_allow_mismatch": (
         "use --drift-profile even when its model or device differs from the server's "
         "(predictions will be off)."
@@ -179,24 +198,29 @@ _HELP = {
 def add_drift_args(parser: argparse.ArgumentParser) -> None:
     """Add every ``--drift-*`` flag, with defaults taken from ``DriftConfig``."""
     group = parser.add_argument_group("drift-sgl options")
-    for field in fields(DriftConfig):
-        flag = "--drift-" + field.name.replace("_", "-")
-        kwargs = {"default": field.default, "help": _HELP[field.name], "dest": field.name}
-        if field.name == "partition":
+    for spec in _cli_fields():
+        flag = "--drift-" + spec.name.replace("_", "-")
+        kwargs = {"default": spec.default, "help": _HELP[spec.name], "dest": spec.name}
+        if spec.name == "partition":
             kwargs["choices"] = BACKEND_NAMES
-        elif field.name == "policy":
+        elif spec.name == "policy":
             kwargs["choices"] = POLICY_NAMES
-        elif field.name == "overload":
+        elif spec.name == "overload":
             kwargs["choices"] = OVERLOAD_MODES
-        elif field.type == "bool":
+        elif spec.type == "bool":
             kwargs["action"] = "store_true"
-        elif field.type == "int":
+        elif spec.type == "int":
             kwargs["type"] = int
-        elif field.type == "float | None":
+        elif spec.type in ("float", "float | None"):
             kwargs["type"] = float
         group.add_argument(flag, **kwargs)
 
 
 def config_from_args(args: argparse.Namespace) -> DriftConfig:
     """Build the config from parsed flags; raises ``DriftConfigError``."""
-    return DriftConfig(**{f.name: getattr(args, f.name) for f in fields(DriftConfig)})
+    return DriftConfig(**{f.name: getattr(args, f.name) for f in _cli_fields()})
+
+
+def _cli_fields() -> list:
+    """The fields that have a ``--drift-*`` flag."""
+    return [f for f in fields(DriftConfig) if f.metadata.get("cli", True)]

@@ -14,9 +14,11 @@ import functools
 import logging
 import os
 import sys
+from dataclasses import dataclass, replace
 from typing import Any
 
 from drift_sgl.config import DriftConfig, DriftConfigError, add_drift_args, config_from_args
+from drift_sgl.model_check import ModelFacts
 
 logger = logging.getLogger("drift_sgl")
 
@@ -79,16 +81,30 @@ def resolve_device(sglang_argv: list[str]) -> str:
     return "cuda" if has_nvidia_driver() else "cpu"
 
 
-def prepare_sglang_args(
-    sglang_argv: list[str], partition: str = "time-mux"
-) -> tuple[Any, str, list[str]]:
-    """SGLang's ``ServerArgs`` as drift runs them: (server_args, device, notes).
+@dataclass(frozen=True)
+class PreparedArgs:
+    """SGLang's ``ServerArgs`` as drift runs them, and what was learnt on the way."""
 
-    Resolves the device, prepares the CPU environment when there is no GPU
-    (before the first sglang import: some modules read it at import time),
-    parses with SGLang's own parser and completes the settings drift needs
-    (``notes`` says what was filled in). Raises ``DriftConfigError``. The
-    launcher and ``profile run`` both start here.
+    server_args: Any
+    #: ``cpu``, ``cuda`` or another accelerator SGLang supports.
+    device: str
+    #: Settings drift filled in, one line each, for the start-up log.
+    notes: list[str]
+    model: ModelFacts
+    #: New tokens per prefill chunk that the user asked for (--chunked-prefill-size);
+    #: None: chunks of --max-prefill-tokens (see server_args_check).
+    prefill_chunk_tokens: int | None
+
+
+def prepare_sglang_args(sglang_argv: list[str], partition: str = "time-mux") -> PreparedArgs:
+    """Resolve the device, parse SGLang's arguments and complete them for drift.
+
+    Prepares the CPU environment when there is no GPU (before the first sglang
+    import: some modules read it at import time), parses with SGLang's own
+    parser, reads the model's config and completes the settings drift needs.
+    A generative model drift cannot multiplex is refused; an embedding or
+    reward model keeps SGLang's settings (it is served by SGLang's scheduler).
+    Raises ``DriftConfigError``. The launcher and ``profile run`` both start here.
     """
     device = resolve_device(sglang_argv)
     if device == "cpu":
@@ -103,11 +119,15 @@ def prepare_sglang_args(
 
     from sglang.srt.server_args import prepare_server_args
 
-    from drift_sgl.server_args_check import check_and_complete
+    from drift_sgl.model_check import check_servable, inspect_model
+    from drift_sgl.server_args_check import check_and_complete, requested_chunk_tokens
 
     server_args = prepare_server_args(sglang_argv)
-    notes = check_and_complete(server_args, device, partition)
-    return server_args, device, notes
+    model = inspect_model(server_args)
+    check_servable(model)
+    chunk = requested_chunk_tokens(server_args)
+    notes = check_and_complete(server_args, device, partition, multiplexed=model.generative)
+    return PreparedArgs(server_args, device, notes, model, chunk)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -119,24 +139,35 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s")
     try:
         config, sglang_argv = split_argv(argv)
-        server_args, device, notes = prepare_sglang_args(sglang_argv, config.partition)
-        _check_partition_device(config.partition, device)
+        _check_partition_device(config.partition, resolve_device(sglang_argv))
+        prepared = prepare_sglang_args(sglang_argv, config.partition)
     except DriftConfigError as err:
         _fail(err)
-    if device == "cpu":
+    server_args = prepared.server_args
+    if prepared.device == "cpu":
         _bind_cpu_ranks(server_args)
+    for note in prepared.notes:
+        logger.info("drift: using %s", note)
+    if not prepared.model.generative:
+        logger.info(
+            "drift: %s is an embedding or reward model: it only prefills, so there is "
+            "nothing to multiplex; SGLang's own scheduler serves it",
+            prepared.model.architecture,
+        )
+        _run(server_args, None)
+        return
     if config.profile is not None:
         try:
-            _check_profile(config, server_args, device)
+            _check_profile(config, server_args, prepared.device)
         except DriftConfigError as err:
             _fail(err)
-    for note in notes:
-        logger.info("drift: using %s", note)
+    config = replace(config, prefill_chunk_tokens=prepared.prefill_chunk_tokens)
     logger.info("drift: %s", config)
     _run(server_args, config)
 
 
-def _run(server_args: object, config: DriftConfig) -> None:
+def _run(server_args: object, config: DriftConfig | None) -> None:
+    """Run SGLang's HTTP server, with drift's schedulers unless ``config`` is None."""
     from sglang.srt.entrypoints.http_server import launch_server
     from sglang.srt.plugins import load_plugins
     from sglang.srt.utils import kill_process_tree
@@ -144,9 +175,11 @@ def _run(server_args: object, config: DriftConfig) -> None:
     from drift_sgl.entry import run_drift_scheduler_process
 
     load_plugins()
-    entry = functools.partial(run_drift_scheduler_process, config)
+    entry = {}
+    if config is not None:
+        entry["run_scheduler_process_func"] = functools.partial(run_drift_scheduler_process, config)
     try:
-        launch_server(server_args, run_scheduler_process_func=entry)
+        launch_server(server_args, **entry)
     finally:
         kill_process_tree(os.getpid(), include_parent=False)
 

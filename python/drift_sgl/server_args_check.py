@@ -17,6 +17,13 @@ from drift_sgl.config import DriftConfigError
 CPU_MEM_FRACTION_STATIC = 0.7
 
 
+_LORA_REASON = (
+    "LoRA adapters are not supported by drift's loop: SGLang's LoRA backend holds the "
+    "adapter state of one batch at a time, which a prefill block beside a decode step would "
+    "overwrite; serve LoRA with python -m sglang.launch_server"
+)
+
+
 @dataclass(frozen=True)
 class _Incompatible:
     field: str
@@ -81,6 +88,32 @@ _INCOMPATIBLE = (
         "diffusion LLM decoding is not supported by drift's loop",
     ),
     _Incompatible(
+        "enable_lora",
+        "--enable-lora",
+        bool,
+        _LORA_REASON,
+    ),
+    _Incompatible(
+        "lora_paths",
+        "--lora-paths",
+        bool,
+        _LORA_REASON,
+    ),
+    _Incompatible(
+        "enable_return_routed_experts",
+        "--enable-return-routed-experts",
+        bool,
+        "SGLang's layer-split prefill does not report routed experts; drift's prefill runs "
+        "that way, so the field would come back empty",
+    ),
+    _Incompatible(
+        "enable_return_indexer_topk",
+        "--enable-return-indexer-topk",
+        bool,
+        "SGLang's layer-split prefill does not report the indexer's top-k; drift's prefill "
+        "runs that way, so the field would come back empty",
+    ),
+    _Incompatible(
         "enable_hisparse",
         "--enable-hisparse",
         bool,
@@ -89,7 +122,15 @@ _INCOMPATIBLE = (
 )
 
 
-def check_and_complete(server_args: Any, device: str, partition: str = "time-mux") -> list[str]:
+def requested_chunk_tokens(server_args: Any) -> int | None:
+    """The user's --chunked-prefill-size, if it asks for chunks (read before completion)."""
+    chunk = server_args.chunked_prefill_size
+    return chunk if chunk is not None and chunk > 0 else None
+
+
+def check_and_complete(
+    server_args: Any, device: str, partition: str = "time-mux", multiplexed: bool = True
+) -> list[str]:
     """Validate ``server_args`` for drift and fill in what drift needs.
 
     Args:
@@ -98,6 +139,8 @@ def check_and_complete(server_args: Any, device: str, partition: str = "time-mux
         partition: ``--drift-partition``; on ``cuda`` anything but ``time-mux``
             turns on SGLang's per-split decode machinery (``enable_pdmux``),
             whose stream groups drift's scheduler supplies.
+        multiplexed: False for a model SGLang's own scheduler serves (an
+            embedding or reward model): only the CPU settings are filled in.
 
     Returns:
         Human-readable notes about each setting drift filled in.
@@ -105,22 +148,29 @@ def check_and_complete(server_args: Any, device: str, partition: str = "time-mux
     Raises:
         DriftConfigError: a setting contradicts drift; the message names the flag.
     """
+    if not multiplexed:
+        return _complete_cpu(server_args) if device == "cpu" else []
     for rule in _INCOMPATIBLE:
         value = getattr(server_args, rule.field, None)
         if rule.is_set(value):
             raise DriftConfigError(rule.flag, rule.reason)
 
     notes = []
-    chunk = server_args.chunked_prefill_size
-    if chunk is not None and chunk > 0:
-        raise DriftConfigError(
-            "--chunked-prefill-size",
-            f"{chunk} asks for chunked prefill, but drift runs each prefill as blocks of "
-            "layers beside decode; omit the flag or pass -1",
+    chunk = requested_chunk_tokens(server_args)
+    # drift chunks long prompts itself (each chunk is one gang of layer blocks,
+    # DriftScheduler.init_chunked_prefill); SGLang's server argument stays -1,
+    # which its layer-split machinery requires.
+    server_args.chunked_prefill_size = -1
+    if chunk is not None:
+        notes.append(
+            f"--chunked-prefill-size {chunk}: longer prompts are prefilled in chunks of that "
+            "many tokens, each chunk a gang of layer blocks"
         )
-    if chunk is None:
-        server_args.chunked_prefill_size = -1
-        notes.append("--chunked-prefill-size -1 (prefill runs as layer blocks)")
+    else:
+        notes.append(
+            "prompts longer than --max-prefill-tokens are prefilled in chunks of that many "
+            "tokens, each chunk a gang of layer blocks"
+        )
     if not server_args.disable_overlap_schedule:
         server_args.disable_overlap_schedule = True
         notes.append("--disable-overlap-schedule (drift's loop overlaps phases itself)")

@@ -10,7 +10,12 @@ from sglang.srt.server_args import prepare_server_args
 from drift_sgl import server_args_check
 from drift_sgl.config import DriftConfig, DriftConfigError
 from drift_sgl.launch_server import split_argv
-from drift_sgl.server_args_check import CPU_MEM_FRACTION_STATIC, check_and_complete
+from drift_sgl.server_args_check import (
+    CPU_MEM_FRACTION_STATIC,
+    check_and_complete,
+    requested_chunk_tokens,
+)
+from model_dirs import fake_model_dir
 
 # --- DriftConfig ---------------------------------------------------------------
 
@@ -24,6 +29,8 @@ from drift_sgl.server_args_check import CPU_MEM_FRACTION_STATIC, check_and_compl
         (dict(splits="100"), "--drift-splits"),
         (dict(splits="100:0"), "--drift-splits"),
         (dict(max_graph_memory_gb=0.0), "--drift-max-graph-memory-gb"),
+        (dict(stall_timeout_s=0.0), "--drift-stall-timeout-s"),
+        (dict(stall_timeout_s=float("nan")), "--drift-stall-timeout-s"),
         (dict(max_graph_memory_gb=float("nan")), "--drift-max-graph-memory-gb"),
     ],
 )
@@ -100,7 +107,7 @@ def test_defaults_are_completed_with_notes():
     notes = check_and_complete(sa, "cuda")
     assert sa.chunked_prefill_size == -1
     assert sa.disable_overlap_schedule is True
-    assert any("--chunked-prefill-size" in n for n in notes)
+    assert any("--max-prefill-tokens" in n for n in notes)  # drift chunks at that size
     assert any("--disable-overlap-schedule" in n for n in notes)
     assert sa.device is None  # CUDA: nothing CPU-specific filled in
 
@@ -125,17 +132,42 @@ def test_users_enable_pdmux_is_still_refused_on_gpu():
         check_and_complete(server_args("--enable-pdmux"), "cuda", "auto")
 
 
-def test_explicit_compatible_values_need_no_notes():
+def test_explicit_compatible_values_need_no_other_notes():
     sa = server_args("--chunked-prefill-size", "-1", "--disable-overlap-schedule")
-    assert check_and_complete(sa, "cuda") == []
+    notes = check_and_complete(sa, "cuda")
+    assert len(notes) == 1 and "--max-prefill-tokens" in notes[0]
     assert sa.chunked_prefill_size == -1
 
 
-def test_chunked_prefill_is_rejected():
-    with pytest.raises(DriftConfigError) as info:
-        check_and_complete(server_args("--chunked-prefill-size", "512"), "cuda")
-    assert info.value.flag == "--chunked-prefill-size"
-    assert str(info.value).startswith("--chunked-prefill-size: ")
+@pytest.mark.parametrize("partition", ["time-mux", "auto"])
+def test_chunked_prefill_moves_to_drift(partition):
+    sa = server_args("--chunked-prefill-size", "512")
+    assert requested_chunk_tokens(sa) == 512
+    notes = check_and_complete(sa, "cuda", partition)
+    # SGLang's layer-split machinery needs -1; drift's scheduler chunks at 512.
+    assert sa.chunked_prefill_size == -1
+    assert any(n.startswith("--chunked-prefill-size 512") for n in notes)
+
+
+@pytest.mark.parametrize("value", [None, "-1", "0"])
+def test_no_requested_chunk(value):
+    sa = server_args(*(["--chunked-prefill-size", value] if value else []))
+    assert requested_chunk_tokens(sa) is None
+
+
+def test_models_sglang_serves_keep_sglang_settings():
+    sa = server_args("--chunked-prefill-size", "512", "--enable-mixed-chunk")
+    notes = check_and_complete(sa, "cpu", multiplexed=False)
+    assert sa.chunked_prefill_size == 512 and sa.disable_overlap_schedule is False
+    assert sa.enable_pdmux is False and sa.device == "cpu"
+    assert not any("chunk" in n for n in notes)
+
+
+def test_prefill_chunk_tokens_is_no_flag():
+    with pytest.raises(DriftConfigError, match="unknown drift flag"):
+        split_argv(["--drift-prefill-chunk-tokens", "5"])
+    with pytest.raises(DriftConfigError, match=r"^--chunked-prefill-size: "):
+        DriftConfig(prefill_chunk_tokens=0)
 
 
 @pytest.mark.parametrize(
@@ -150,6 +182,10 @@ def test_chunked_prefill_is_rejected():
         (["--speculative-algorithm", "EAGLE"], "--speculative-algorithm"),
         (["--enable-pd-role-switch"], "--enable-pd-role-switch"),
         (["--enable-hisparse"], "--enable-hisparse"),
+        (["--enable-lora"], "--enable-lora"),
+        (["--lora-paths", "a=/tmp/lora"], "--lora-paths"),
+        (["--enable-return-routed-experts"], "--enable-return-routed-experts"),
+        (["--enable-return-indexer-topk"], "--enable-return-indexer-topk"),
     ],
 )
 def test_incompatible_flag_is_rejected(extra, flag):
@@ -224,14 +260,21 @@ def error_lines(stderr):
     return [line for line in stderr.splitlines() if line.startswith("drift-sgl: error: ")]
 
 
-def test_cli_rejects_chunked_prefill(tmp_path):
-    proc = run_cli(
-        "--model-path", "/nonexistent", "--chunked-prefill-size", "512", tmp_path=tmp_path
-    )
+def test_cli_rejects_an_unreadable_model_in_one_line(tmp_path):
+    proc = run_cli("--model-path", str(tmp_path / "missing"), tmp_path=tmp_path)
     assert proc.returncode == 2, proc.stderr
     errors = error_lines(proc.stderr)
     assert len(errors) == 1, proc.stderr
-    assert errors[0].startswith("drift-sgl: error: --chunked-prefill-size")
+    assert errors[0].startswith("drift-sgl: error: --model-path: SGLang cannot load the model")
+
+
+def test_cli_rejects_a_multimodal_model_in_one_line(tmp_path):
+    model = fake_model_dir(tmp_path / "vlm", "LlavaLlamaForCausalLM")
+    proc = run_cli("--model-path", str(model), "--device", "cpu", tmp_path=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    errors = error_lines(proc.stderr)
+    assert len(errors) == 1, proc.stderr
+    assert "LlavaLlamaForCausalLM is a multimodal model" in errors[0]
 
 
 @pytest.mark.parametrize(

@@ -24,9 +24,15 @@ def _server_args(sglang_argv: list[str]) -> tuple[Any, str]:
     if not any(a == "--model-path" or a.startswith("--model-path=") for a in sglang_argv):
         raise CliError("--model-path is required")
     try:
-        server_args, device, _ = prepare_sglang_args(sglang_argv)
+        prepared = prepare_sglang_args(sglang_argv)
     except DriftConfigError as err:
         raise CliError(str(err)) from None
+    server_args, device = prepared.server_args, prepared.device
+    if not prepared.model.generative:
+        raise CliError(
+            f"{prepared.model.architecture} is an embedding or reward model: drift serves it "
+            "with SGLang's own scheduler, so it needs no latency profile"
+        )
     if server_args.tp_size > 1:
         raise CliError(
             f"--tp {server_args.tp_size}: profile run measures one device (one TP rank); "
