@@ -27,6 +27,10 @@ class MuxCounters:
     shed_requests: int = 0
     #: Steps the planner raised on (logged; the step fell back to the layer-budget rule).
     planner_errors: int = 0
+    #: Gangs SGLang's admission started because nothing ran and the policy admitted no one.
+    idle_admissions: int = 0
+    #: Times the liveness watchdog found work waiting with nothing run for its timeout.
+    stalls: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

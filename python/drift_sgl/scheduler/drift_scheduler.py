@@ -22,6 +22,8 @@ idle checks.
 from __future__ import annotations
 
 import logging
+import os
+import time
 from contextlib import AbstractContextManager, nullcontext
 from http import HTTPStatus
 from typing import Any, ClassVar
@@ -35,20 +37,18 @@ from sglang.srt.managers.scheduler import Scheduler
 from sglang.srt.mem_cache.common import match_kv_cache
 from sglang.srt.model_executor.forward_batch_info import ForwardMode
 from sglang.srt.observability.req_time_stats import set_schedule_time_batch
-from sglang.srt.runtime_context import get_device, get_parallel
+from sglang.srt.runtime_context import get_device
 from sglang.srt.utils import DynamicGradMode, broadcast_pyobj
 
 from drift_sgl.config import DriftConfig
 from drift_sgl.latency.select import device_identity, model_identity, select_latency_model
-from drift_sgl.partition import (
-    BackendChoice,
-    StreamPairBackend,
-    create_partition_backend,
-    device_units,
-)
+from drift_sgl.partition import BackendChoice, StreamPairBackend
 from drift_sgl.policy import LayerBudgetRule, MuxDecision, MuxState, SloPlanner
 from drift_sgl.scheduler.counters import MuxCounters
+from drift_sgl.scheduler.faults import TestFaults
 from drift_sgl.scheduler.gang import PrefillGang
+from drift_sgl.scheduler.liveness import StallWatchdog
+from drift_sgl.scheduler.report import drift_report
 from drift_sgl.scheduler.sglang_splits import (
     decode_graph_memory_gb,
     publish_stream_groups,
@@ -56,9 +56,24 @@ from drift_sgl.scheduler.sglang_splits import (
     turn_off_sglang_pdmux,
 )
 from drift_sgl.scheduler.slo_view import SloView, now_ms
-from drift_sgl.scheduler.timeline import StepTimeline
+from drift_sgl.scheduler.startup import (
+    build_policy,
+    check_graph_memory,
+    choose_partition,
+    open_timeline,
+    require_split_prefill,
+)
 
 logger = logging.getLogger(__name__)
+
+#: SGLang's layer-split prefill (``TpModelWorker.forward_batch_split_prefill``)
+#: samples without capturing the beam leaders' logits, which beam search needs at
+#: its relay point: a beam request would crash the scheduler process.
+BEAM_SEARCH_REFUSAL = (
+    "drift-sgl does not support beam search (sampling_params.beam_width > 1): SGLang's "
+    "layer-split prefill does not keep the logits beam selection needs; use n > 1 sampling, "
+    "or serve this model with python -m sglang.launch_server"
+)
 
 
 class DriftScheduler(Scheduler):
@@ -76,20 +91,28 @@ class DriftScheduler(Scheduler):
         #: Set by ``init_pdmux`` on a GPU (before the model worker exists).
         self._partition_choice: BackendChoice | None = None
         super().__init__(*args, **kwargs)
+        # The launcher keeps SGLang's --chunked-prefill-size at -1 (its layer-split
+        # machinery requires it) and drift chunks instead: SGLang's admission cuts a
+        # prompt longer than this into chunks, each of which runs as one gang.
+        self.chunked_prefill_size = self.drift_config.prefill_chunk_tokens or int(
+            self.max_prefill_tokens
+        )
         # SGLang sends SPLIT_PREFILL batches to the layer-split forward only when
         # this is set. On a CPU the server argument stays off, so SGLang builds
         # none of its pdmux state (see init_pdmux for the GPU).
         self.enable_pdmux = True
-        self._require_split_prefill()
+        require_split_prefill(self.tp_worker.model_runner.model)
         config = self.drift_config
-        choice = self._partition_choice or self._choose_partition()
+        choice = self._partition_choice or choose_partition(config)
         self._partition = choice.backend
         #: SGLang keeps per-split decode graphs and attention backends (GPU partitions).
         self._sglang_splits = isinstance(choice.backend, StreamPairBackend)
         self._graph_memory_gb = (
             decode_graph_memory_gb(self.tp_worker.model_runner) if self._sglang_splits else 0.0
         )
-        self._check_graph_memory()
+        check_graph_memory(
+            config.max_graph_memory_gb, len(self._partition.splits), self._graph_memory_gb
+        )
         latency = select_latency_model(
             config.profile,
             config.profile_allow_mismatch,
@@ -100,10 +123,7 @@ class DriftScheduler(Scheduler):
         self.latency_model = latency.model
         logger.info("drift: latency model: %s", latency.reason)
         self._slo_view = SloView(config.slo_table())
-        if config.policy == "slo":
-            self._mux_policy = SloPlanner(self.latency_model, overload=config.overload)
-        else:
-            self._mux_policy = LayerBudgetRule(layer_budget_tokens=config.layer_budget_tokens)
+        self._mux_policy = build_policy(config, self.latency_model)
         #: The planner admits requests itself; the layer-budget rule leaves it to SGLang.
         self._planner_admits = isinstance(self._mux_policy, SloPlanner)
         self._gang: PrefillGang | None = None
@@ -113,7 +133,11 @@ class DriftScheduler(Scheduler):
         self._attention_owner: Any = None
         self._previous_split: int | None = None
         self._mux_counters = MuxCounters()
-        self._timeline = self._open_timeline()
+        self._watchdog = StallWatchdog(timeout_s=config.stall_timeout_s)
+        self._faults = TestFaults.from_env(os.environ)
+        if self._faults != TestFaults():
+            logger.warning("drift: test faults injected: %s", self._faults)
+        self._timeline = open_timeline(config.timeline, self._partition, self.device)
         log = logger.warning if choice.fallback else logger.info
         log("drift: partition backend %s [%s]", self._partition.describe(), choice.reason)
         if self._sglang_splits:
@@ -126,63 +150,22 @@ class DriftScheduler(Scheduler):
 
     # ------------------------------------------------------------ partitions
 
-    def _choose_partition(self) -> BackendChoice:
-        config = self.drift_config
-        device = get_device().device
-        return create_partition_backend(
-            config.partition,
-            device,
-            device_units(device),
-            splits=config.splits,
-            gpu_id=get_device().gpu_id or 0,
-        )
-
     def init_pdmux(self) -> None:
         """Called by SGLang's ``__init__`` before the model worker when the launcher
         set ``enable_pdmux`` (a GPU with green contexts wanted): make the partitions
         and hand their streams to SGLang, which then captures the decode graphs
         once per split. Without green contexts, SGLang's pdmux state is turned
         off again and the time-multiplexed backend is used."""
-        choice = self._choose_partition()
+        choice = choose_partition(self.drift_config)
         self._partition_choice = choice
         if isinstance(choice.backend, StreamPairBackend):
             publish_stream_groups(choice.backend)
         else:
             turn_off_sglang_pdmux()
 
-    def _open_timeline(self) -> StepTimeline | None:
-        path = self.drift_config.timeline
-        if path is None:
-            return None
-        parallel = get_parallel()
-        if parallel.tp_rank:
-            path += f".tp{parallel.tp_rank}"
-        if parallel.dp_rank:
-            path += f".dp{parallel.dp_rank}"
-        on_device = self._partition.concurrent and self.device == "cuda"
-        return StepTimeline(open(path, "w"), torch.cuda if on_device else None)
-
     def _span(self, phase: str, split: int, **info: int) -> AbstractContextManager[None]:
         timeline = self._timeline
         return nullcontext() if timeline is None else timeline.span(phase, split, **info)
-
-    def _check_graph_memory(self) -> None:
-        bound = self.drift_config.max_graph_memory_gb
-        if bound is not None and self._graph_memory_gb > bound:
-            raise RuntimeError(
-                f"drift-sgl: --drift-max-graph-memory-gb: the decode CUDA graphs of "
-                f"{len(self._partition.splits)} splits take {self._graph_memory_gb:.2f} GiB, "
-                f"more than {bound:g}; use fewer --drift-splits or a lower --cuda-graph-max-bs"
-            )
-
-    def _require_split_prefill(self) -> None:
-        model = self.tp_worker.model_runner.model
-        if not hasattr(model, "forward_split_prefill"):
-            raise RuntimeError(
-                f"drift-sgl: {type(model).__name__} has no layer-split prefill "
-                "(forward_split_prefill); drift serves Llama, Qwen, Gemma, GLM-4 and other "
-                "architectures that SGLang can split by layers"
-            )
 
     # ------------------------------------------------------------------ loop
 
@@ -193,16 +176,19 @@ class DriftScheduler(Scheduler):
             self.ingest_requests()
             if self._engine_paused:
                 self._record_scheduler_state_for_paused_engine()
+                self._watchdog.reset()  # a pause is not a stall
                 continue
             self.run_mux_step()
 
     def run_mux_step(self) -> None:
         """One step: decide, shed, admit, launch both phases, merge a finished prefill."""
-        self.process_pending_chunked_abort()
+        self._settle_chunked_request()
         self._process_hicache_events()
+        self._queue_ready_grammars()
         self._drop_finished_from_running()
         if self._gang is None and self._paused_gang is not None:
             self._gang, self._paused_gang = self._paused_gang, None
+        started_before = self._mux_counters.gangs_started
         if self._gang is None and not self._planner_admits:
             self._gang = self._start_gang(None)
         decision = self._decide()
@@ -210,8 +196,11 @@ class DriftScheduler(Scheduler):
         if self._planner_admits:
             self._admit(decision)
         decode_batch = self._prepare_decode()
+        if self._gang is None and decode_batch is None and self._work_waiting():
+            self._admit_when_idle()
         launched_prefill = self._execute(decision, decode_batch)
-        if self._gang_complete():
+        merged = self._gang_complete()
+        if merged:
             self._merge_gang()
         if self._timeline is not None:
             self._timeline.end_step()
@@ -220,11 +209,89 @@ class DriftScheduler(Scheduler):
         # batch that holds KV beyond the running batch (the gang), else the decode.
         self.last_batch = self._gang.batch if self._gang is not None else decode_batch
         self.cur_batch_for_debug = self.last_batch
-        if decode_batch is None and not launched_prefill and self._gang is None:
+        progressed = (
+            decode_batch is not None
+            or launched_prefill
+            or merged
+            or self._mux_counters.gangs_started > started_before
+        )
+        self._check_liveness(progressed)
+        if not progressed and self._gang is None:
             self._sched_idled = True
             self.on_idle()
         if envs.SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_BUSY.get():
             self.invariant_checker.self_check_during_busy()
+
+    def _work_waiting(self) -> bool:
+        """Requests wait for a prefill: queued, or the next chunk of a long prompt."""
+        return bool(self.waiting_queue) or self.chunked_req is not None
+
+    def _work_pending(self) -> bool:
+        """Requests wait for anything the loop must do: a prefill, a grammar, a gang."""
+        return (
+            self._work_waiting()
+            or self.grammar_manager.has_waiting_grammars()
+            or self._gang is not None
+            or self._paused_gang is not None
+        )
+
+    def _settle_chunked_request(self) -> None:
+        """SGLang's top-of-step duties for the request being prefilled in chunks.
+
+        An abort of it is carried out (``process_pending_chunked_abort``), and the
+        KV of its last completed chunk goes into the radix tree
+        (``stash_chunked_request``), as in ``get_next_batch_to_run``. Both wait
+        while a gang in flight still computes that chunk: freeing or publishing
+        its KV then would let other requests reuse slots still being written.
+        """
+        req = self.chunked_req
+        if req is not None and self._in_flight(req):
+            return
+        self.process_pending_chunked_abort()
+        req = self.chunked_req
+        if req is not None and req.extend_end > req.prefix_len:
+            self.stash_chunked_request(req)
+
+    def _in_flight(self, req: Any) -> bool:
+        """Whether ``req`` belongs to the gang in flight or to a paused one."""
+        gangs = (self._gang, self._paused_gang)
+        return any(gang is not None and req in gang.batch.reqs for gang in gangs)
+
+    def _admit_when_idle(self) -> None:
+        """Nothing runs, yet requests wait: the policy admitted none of them (its
+        KV estimate, its token budget). Leaving the device idle helps no one, so
+        SGLang's own admission picks, as in SGLang's loop."""
+        self._gang = self._start_gang(None)
+        if self._gang is not None:
+            self._mux_counters.idle_admissions += 1
+
+    def _check_liveness(self, progressed: bool) -> None:
+        """Abort the requests that wait while nothing has run for the stall timeout."""
+        if not self._watchdog.observe(time.monotonic(), self._work_pending(), progressed):
+            return
+        self._mux_counters.stalls += 1
+        timeout = self._watchdog.timeout_s
+        for gang in (self._gang, self._paused_gang):
+            if gang is not None:
+                logger.error(
+                    "drift: liveness watchdog: the prefill gang of %s made no progress in %g s",
+                    sorted(gang.rids),
+                    timeout,
+                )
+        stuck = [req for req in self.waiting_queue + self.grammar_manager.grammar_queue]
+        if self.chunked_req is not None and not self._in_flight(self.chunked_req):
+            stuck.append(self.chunked_req)
+        if not stuck:
+            return
+        message = (
+            f"drift: the scheduler could not start this request: nothing ran for {timeout:g} s "
+            "while it waited; aborted by the liveness watchdog (--drift-stall-timeout-s), "
+            "see the server log"
+        )
+        rids = [req.rid for req in stuck]
+        logger.error("drift: liveness watchdog: nothing ran for %g s; aborting %s", timeout, rids)
+        for rid in rids:
+            self._abort_with(rid, message, HTTPStatus.SERVICE_UNAVAILABLE)
 
     # ------------------------------------------------------------- deciding
 
@@ -295,6 +362,7 @@ class DriftScheduler(Scheduler):
                 self._cached_prefix_len,
                 self._mux_counters.gangs_merged,
                 self.new_token_ratio_tracker.current,
+                self._priority_sign(),
             ),
             kv_free_tokens=int(
                 self.token_to_kv_pool_allocator.available_size() + self.tree_cache.evictable_size()
@@ -302,6 +370,12 @@ class DriftScheduler(Scheduler):
             prefill_token_budget=int(self.max_prefill_tokens),
             previous_split=self._previous_split,
         )
+
+    def _priority_sign(self) -> int | None:
+        """SGLang's priority order (lower sort keys first), or None without priorities."""
+        if not self.enable_priority_scheduling:
+            return None
+        return 1 if self.schedule_low_priority_values_first else -1
 
     def _cached_prefix_len(self, req: Any) -> int:
         match_kv_cache(req, self.tree_cache)
@@ -319,33 +393,51 @@ class DriftScheduler(Scheduler):
                 f"met (deadline passed or predicted to pass by {slo.deadline_ms - now_ms():.0f}"
                 " ms from now); --drift-overload shed"
             )
-            self.abort_request(
-                AbortReq(
-                    rid=rid,
-                    abort_message=message,
-                    finished_reason={
-                        "type": "abort",
-                        "status_code": HTTPStatus.SERVICE_UNAVAILABLE,
-                        "message": message,
-                    },
-                )
-            )
+            self._abort_with(rid, message, HTTPStatus.SERVICE_UNAVAILABLE)
             self._mux_counters.shed_requests += 1
 
+    def _abort_with(self, rid: str, message: str, status: HTTPStatus) -> None:
+        """End one request through SGLang's abort path, with a status and a message."""
+        self.abort_request(
+            AbortReq(
+                rid=rid,
+                abort_message=message,
+                finished_reason={"type": "abort", "status_code": status, "message": message},
+            )
+        )
+
     def _admit(self, decision: MuxDecision) -> None:
-        """Start the gang the planner chose (requests retracted earlier go first)."""
-        if self._gang is not None and not decision.preempt:
+        """Start the gang the planner chose.
+
+        Requests retracted earlier, and the next chunk of a prompt prefilled in
+        chunks, go first (SGLang's admission takes the chunk before anything
+        else), so a gang starts for them even when the planner admitted no one.
+        A gang holding a chunk is never pre-empted: the pre-empting gang would
+        get the next chunk of the same prompt.
+        """
+        if self._gang is not None and not (decision.preempt and self.chunked_req is None):
             return
-        resumed = [r.rid for r in self.waiting_queue if r.output_ids]
-        if not decision.admit and (self._gang is not None or not resumed):
+        resumed = tuple(r.rid for r in self.waiting_queue if r.output_ids)
+        if self._gang is None and not (decision.admit or resumed or self.chunked_req):
             return
-        gang = self._start_gang(tuple(resumed) + decision.admit)
+        gang = self._start_gang(resumed + decision.admit)
         if gang is None:
             return
         if self._gang is not None:
             self._paused_gang = self._gang
             self._mux_counters.preemptions += 1
         self._gang = gang
+
+    def _queue_ready_grammars(self) -> None:
+        """Requests whose grammar has compiled join the waiting queue.
+
+        SGLang does this at the top of ``get_new_batch_prefill``, which drift
+        calls only once the planner has chosen requests from the waiting queue:
+        without it, constrained requests would never be seen.
+        """
+        if self.grammar_manager.has_waiting_grammars():
+            for req in self.grammar_manager.get_ready_grammar_requests():
+                self._add_request_to_queue(req)
 
     def _drop_finished_from_running(self) -> None:
         running = self.running_batch
@@ -358,27 +450,35 @@ class DriftScheduler(Scheduler):
         """A gang from SGLang's admission, over the requests ``rids`` (None: any)."""
         if self._should_defer_prefill(self.running_batch):
             return None
-        if rids is None:
-            plan = self.get_new_batch_prefill(self.running_batch)
-        else:
-            # SGLang's admission (KV budget, radix matching, request setup) runs
-            # over the chosen requests only, in the planner's order.
+        # SGLang's admission (KV budget, radix matching, request setup, priority
+        # pre-emption) runs over the chosen requests only, in the planner's order.
+        everyone = self.waiting_queue
+        chosen = [r for r in everyone if not self._faults.held(r.rid)]
+        if rids is not None:
             order = {rid: i for i, rid in enumerate(rids)}
-            everyone = self.waiting_queue
-            self.waiting_queue = sorted(
-                (r for r in everyone if r.rid in order), key=lambda r: order[r.rid]
-            )
-            try:
-                plan = self.get_new_batch_prefill(self.running_batch)
-            finally:
-                taken = set(self.waiting_queue)
-                left = [r for r in everyone if r.rid not in order or r in taken]
-                self.waiting_queue = left
+            chosen = sorted((r for r in chosen if r.rid in order), key=lambda r: order[r.rid])
+        self.waiting_queue = chosen
+        try:
+            plan = self.get_new_batch_prefill(self.running_batch)
+        finally:
+            # What is left of the queue: the requests not offered, those SGLang
+            # did not take, and those it queued during admission (running
+            # requests that priority pre-empted), in their original order.
+            left = self.waiting_queue
+            offered, kept, known = set(chosen), set(left), set(everyone)
+            self.waiting_queue = [r for r in everyone if r not in offered or r in kept]
+            self.waiting_queue += [r for r in left if r not in known]
         self.running_batch = plan.running_batch
         batch = plan.batch_to_run
         if batch is None or batch.is_empty():
             return None
-        batch.forward_mode = ForwardMode.SPLIT_PREFILL
+        # Some batches run as one ordinary extend, because SGLang's layer-split
+        # forward would get them wrong: prefill-only requests (max_new_tokens 0:
+        # scoring), whose logprobs SGLang computes without sampling a token, and
+        # requests given as input embeddings, which it never passes to the model.
+        layer_split = not batch.is_prefill_only and batch.input_embeds is None
+        if layer_split:
+            batch.forward_mode = ForwardMode.SPLIT_PREFILL
         self._arm_prefill_decode_interval(batch)
         set_schedule_time_batch(batch)
         self._mux_counters.gangs_started += 1
@@ -386,6 +486,7 @@ class DriftScheduler(Scheduler):
             batch=batch,
             num_layers=self.model_config.num_hidden_layers,
             rids=frozenset(req.rid for req in batch.reqs),
+            layer_split=layer_split,
         )
 
     def _prepare_decode(self) -> Any | None:
@@ -420,7 +521,7 @@ class DriftScheduler(Scheduler):
             with (
                 self._partition.prefill_scope(split),
                 self._prefill_communicator(),
-                self._span("prefill", split, layers=min(decision.prefill_layers, gang.layers_left)),
+                self._span("prefill", split, layers=gang.next_block(decision.prefill_layers)),
             ):
                 self._launch_prefill_block(decision.prefill_layers, split)
         if decode_batch is not None:
@@ -462,9 +563,9 @@ class DriftScheduler(Scheduler):
     def _launch_prefill_block(self, layers: int, split: int) -> None:
         gang = self._gang
         batch = gang.batch
-        count = min(layers, gang.layers_left)
+        count = gang.next_block(layers)
         batch.split_forward_count = count
-        if batch.split_index > 0 and self._attention_owner is not batch:
+        if gang.layer_split and batch.split_index > 0 and self._attention_owner is not batch:
             # SGLang sets up the attention metadata of a layer-split prefill on
             # its first block only; a decode step or another gang since then
             # replaced it, so set it up again before the next block.
@@ -492,7 +593,8 @@ class DriftScheduler(Scheduler):
         batch.split_forward_batch = None
         # Finished requests (aborted, or done after one token) already released
         # their KV while the result was processed: merging them would free it twice.
-        batch.filter_batch()
+        # A prompt prefilled in chunks waits for its next chunk, not for decode.
+        batch.filter_batch(reqs_to_exclude=batch.chunked_req)
         if batch.is_empty():
             return
         if self.running_batch.is_empty():
@@ -511,6 +613,47 @@ class DriftScheduler(Scheduler):
                 batches.append(gang.batch)
         return batches
 
+    def _add_request_to_queue(self, req: Any, is_retracted: bool = False) -> None:
+        """SGLang's queueing, except for what drift's loop cannot serve (refused here)."""
+        if not is_retracted and req.beam_group is not None:
+            self._refuse(req, BEAM_SEARCH_REFUSAL, HTTPStatus.BAD_REQUEST)
+            return
+        super()._add_request_to_queue(req, is_retracted)
+
+    def _refuse(self, req: Any, message: str, status: HTTPStatus) -> None:
+        """End a request that never entered the queue, as SGLang ends one it rejects."""
+        self._release_aborted_request(req)
+        self.beam_coordinator.retire_group(req)
+        reason = {"type": "abort", "status_code": status, "message": message}
+        self.send_abort_output(AbortReq(rid=req.rid, finished_reason=reason), req)
+        logger.warning("drift: refused request %s: %s", req.rid, message)
+
+    def pause_generation(self, recv_req: Any) -> None:
+        """SGLang's pause; in ``retract`` mode the gangs in flight finish first.
+
+        SGLang retracts the running batch and ``last_batch``: a gang in flight
+        is one of them at most, and a paused gang neither. Retracting a
+        request in the middle of its layers would leave the gang running on
+        freed KV, so every gang runs its remaining layers, merges, and is then
+        retracted with the running batch, as SGLang retracts a finished prefill.
+        """
+        if recv_req.mode == "retract":
+            self._finish_gangs()
+            self.last_batch = None
+        super().pause_generation(recv_req)
+
+    def _finish_gangs(self) -> None:
+        """Run the gang in flight and a paused one to completion, and merge them."""
+        while self._gang is not None or self._paused_gang is not None:
+            if self._gang is None:
+                self._gang, self._paused_gang = self._paused_gang, None
+            gang = self._gang
+            if not gang.fully_launched:
+                with self._partition.prefill_scope(0), self._prefill_communicator():
+                    self._launch_prefill_block(gang.layers_left, 0)
+            gang.done_event.synchronize()
+            self._merge_gang()
+
     def is_fully_idle(self, *args: Any, **kwargs: Any) -> bool:
         if getattr(self, "_gang", None) is not None or getattr(self, "_paused_gang", None):
             return False
@@ -523,46 +666,4 @@ class DriftScheduler(Scheduler):
 
     def drift_report(self) -> dict[str, Any]:
         """drift's state for /server_info (``internal_states[i]["drift"]``)."""
-        gang = self._gang
-        return {
-            "partition_backend": self._partition.name,
-            "concurrent": self._partition.concurrent,
-            "splits": [[s.prefill_units, s.decode_units] for s in self._partition.splits],
-            "policy": type(self._mux_policy).__name__,
-            "layer_budget_tokens": self.drift_config.layer_budget_tokens,
-            "slo": {
-                "ttft_ms": self.drift_config.ttft_slo_ms,
-                "tpot_ms": self.drift_config.tpot_slo_ms,
-                "classes": {
-                    name: {"ttft_ms": t.ttft_ms, "tpot_ms": t.tpot_ms}
-                    for name, t in self._slo_view.table.classes.items()
-                },
-                "unknown_classes_seen": sorted(self._slo_view.unknown_classes),
-                "overload": self.drift_config.overload,
-            },
-            "counters": self._mux_counters.as_dict(),
-            "partition_notes": list(self._partition.notes),
-            "decode_graph_memory_gb": round(self._graph_memory_gb, 3),
-            # SGLang's per-split decode attention backends (0: one shared, no splits).
-            "sglang_decode_backends": len(
-                getattr(self.tp_worker.model_runner, "decode_attn_backend_group", None) or ()
-            ),
-            "timeline": None if self._timeline is None else self._timeline.summary(),
-            "latency_model": {
-                "source": self.latency_model.source,
-                "estimated": self.latency_model.estimated,
-                "profile": self.drift_config.profile,
-                "errors": self.latency_model.errors,
-            },
-            "gang_in_flight": None
-            if gang is None
-            else {
-                "rids": sorted(gang.rids),
-                "layers_done": gang.layers_done,
-                "num_layers": gang.num_layers,
-            },
-            "gang_paused": None if self._paused_gang is None else sorted(self._paused_gang.rids),
-            "kv_total_tokens": int(self.max_total_num_tokens),
-            "kv_available_tokens": int(self.token_to_kv_pool_allocator.available_size()),
-            "kv_evictable_tokens": int(self.tree_cache.evictable_size()),
-        }
+        return drift_report(self)

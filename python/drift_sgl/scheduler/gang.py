@@ -23,6 +23,9 @@ class PrefillGang:
     #: Completion event of the last layer block, once launched.
     done_event: PhaseEvent | None = None
     rids: frozenset[str] = field(default_factory=frozenset)
+    #: Runs block by block of layers (SGLang's SPLIT_PREFILL); False: the whole
+    #: model in one ordinary extend (a batch that only prefills, see the scheduler).
+    layer_split: bool = True
 
     @property
     def layers_done(self) -> int:
@@ -39,6 +42,10 @@ class PrefillGang:
     @property
     def fully_launched(self) -> bool:
         return self.layers_left == 0
+
+    def next_block(self, layers: int) -> int:
+        """Layers the next block runs when the policy asks for ``layers``."""
+        return min(layers, self.layers_left) if self.layer_split else self.layers_left
 
     def is_complete(self) -> bool:
         """All layers launched and the last block has finished on the device."""

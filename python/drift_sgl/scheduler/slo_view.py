@@ -88,18 +88,24 @@ class SloView:
         match_prefix: Any,
         prefills_done: int,
         new_token_ratio: float,
+        priority_sign: int | None = None,
     ) -> tuple[WaitingRequest, ...]:
         """Waiting requests that still need their first token, by deadline.
 
         ``match_prefix(req)`` returns the cached prefix length (it adopts the
         match on the request, as SGLang's own scheduling policy does).
         Requests retracted after producing tokens are left out: the scheduler
-        resumes them first, whatever the planner admits.
+        resumes them first, whatever the planner admits. With SGLang's
+        priority scheduling on (``priority_sign``, SGLang's sort direction),
+        only the most urgent priority present is offered: a lower priority
+        waits until no request of a higher one does, as in SGLang's queue order.
         """
+        fresh = [req for req in queue if not req.output_ids]
+        if priority_sign is not None and fresh:
+            best = min(req.priority * priority_sign for req in fresh)
+            fresh = [req for req in fresh if req.priority * priority_sign == best]
         views = []
-        for req in queue:
-            if req.output_ids:
-                continue
+        for req in fresh:
             slo = self.of(req)
             if slo.matched_at != prefills_done:
                 slo.prefix_tokens = int(match_prefix(req))
