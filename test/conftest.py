@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from drift_sgl.tools.server_process import ServerProcess, free_port, python_module_command
+from drift_sgl.tools.server_process import ServerProcess
 from e2e.profiling import TinyProfile, make_tiny_profile
-from e2e.servers import drift_server_process, serve
+from e2e.servers import drift_server_process, serve, sglang_server_process
 
 API_KEY = "drift-test-key"
 #: A TPOT target below a CPU decode step: the planner gives a prefill beside
@@ -30,6 +30,10 @@ COMMON_SERVER_ARGS = [
     "--enable-cache-report",
     "--enable-metrics",
     "--api-key", API_KEY,
+    # Request features that need a server flag (test_request_features.py).
+    "--tool-call-parser", "qwen25",
+    "--enable-return-hidden-states",
+    "--enable-custom-logit-processor",
 ]  # fmt: skip
 
 
@@ -45,14 +49,6 @@ def server_logs_dir() -> Path:
     path = Path(os.environ.get("DRIFT_TEST_LOG_DIR", "test-logs"))
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def _cpu_env() -> dict[str, str]:
-    from drift_sgl.cpu.environment import prepare_cpu_environment
-
-    env = dict(os.environ)
-    prepare_cpu_environment(env, offline=True, preload=False)
-    return env
 
 
 @pytest.fixture(scope="session")
@@ -97,23 +93,8 @@ def cpu_streams_server(tiny_model_dir: Path, server_logs_dir: Path) -> Iterator[
 @pytest.fixture(scope="session")
 def sglang_server(tiny_model_dir: Path, server_logs_dir: Path) -> Iterator[ServerProcess]:
     """Plain SGLang (its default scheduler) on the same model, for comparison."""
-    port = free_port()
-    args = python_module_command(
-        "sglang.launch_server",
-        "--model-path", str(tiny_model_dir),
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--skip-server-warmup",
-        *COMMON_SERVER_ARGS,
-        "--device", "cpu",
-        "--attention-backend", "torch_native",
-        "--disable-cuda-graph",
-        "--disable-overlap-schedule",
-        # As drift's launcher sets on a CPU: an idle scheduler would spin a core.
-        "--sleep-on-idle",
-    )  # fmt: skip
-    server = ServerProcess(
-        args, port, server_logs_dir / "sglang.log", env=_cpu_env(), api_key=API_KEY
+    server = sglang_server_process(
+        tiny_model_dir, server_logs_dir / "sglang.log", *COMMON_SERVER_ARGS, api_key=API_KEY
     )
     yield from serve(server)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -27,6 +28,36 @@ def drift_server_process(
         *args,
     )  # fmt: skip
     return ServerProcess(command, port, log_path, env=env, api_key=api_key)
+
+
+def sglang_server_process(
+    model_dir: Path,
+    log_path: Path,
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    api_key: str | None = None,
+) -> ServerProcess:
+    """Plain SGLang (its own scheduler) on CPU, with the CPU settings drift fills in."""
+    from drift_sgl.cpu.environment import prepare_cpu_environment
+
+    port = free_port()
+    command = python_module_command(
+        "sglang.launch_server",
+        "--model-path", str(model_dir),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--skip-server-warmup",
+        "--device", "cpu",
+        "--attention-backend", "torch_native",
+        "--disable-cuda-graph",
+        "--disable-overlap-schedule",
+        # As drift's launcher sets on a CPU: an idle scheduler would spin a core.
+        "--sleep-on-idle",
+        *args,
+    )  # fmt: skip
+    cpu_env = dict(os.environ if env is None else env)
+    prepare_cpu_environment(cpu_env, offline=True, preload=False)
+    return ServerProcess(command, port, log_path, env=cpu_env, api_key=api_key)
 
 
 def serve(server: ServerProcess, timeout_s: float = 300.0) -> Iterator[ServerProcess]:

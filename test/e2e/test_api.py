@@ -55,6 +55,8 @@ def test_health_and_server_info(drift_server):
     assert state["latency_model"]["source"] == "cpu-calibration"
     assert state["latency_model"]["estimated"] is True
     assert state["kv_total_tokens"] == 8192
+    # drift chunks long prompts at --max-prefill-tokens (SGLang's default 16384).
+    assert state["prefill_chunk_tokens"] == info["max_prefill_tokens"]
 
 
 def test_metrics_track_drift_traffic(drift_server):
