@@ -134,6 +134,8 @@ class DriftScheduler(Scheduler):
         self._previous_split: int | None = None
         self._mux_counters = MuxCounters()
         self._watchdog = StallWatchdog(timeout_s=config.stall_timeout_s)
+        #: The watchdog found a stall; acted on next step, by every TP rank alike.
+        self._stalled = False
         self._faults = TestFaults.from_env(os.environ)
         if self._faults != TestFaults():
             logger.warning("drift: test faults injected: %s", self._faults)
@@ -191,7 +193,9 @@ class DriftScheduler(Scheduler):
         started_before = self._mux_counters.gangs_started
         if self._gang is None and not self._planner_admits:
             self._gang = self._start_gang(None)
-        decision = self._decide()
+        decision, stalled = self._decide()
+        if stalled:
+            self._end_stalled_requests()
         self._shed(decision.shed)
         if self._planner_admits:
             self._admit(decision)
@@ -266,9 +270,12 @@ class DriftScheduler(Scheduler):
             self._mux_counters.idle_admissions += 1
 
     def _check_liveness(self, progressed: bool) -> None:
-        """Abort the requests that wait while nothing has run for the stall timeout."""
-        if not self._watchdog.observe(time.monotonic(), self._work_pending(), progressed):
-            return
+        """Feed the watchdog; a stall is acted on at the next step (``_decide``)."""
+        if self._watchdog.observe(time.monotonic(), self._work_pending(), progressed):
+            self._stalled = True
+
+    def _end_stalled_requests(self) -> None:
+        """Nothing ran for the stall timeout while requests waited: end them, say why."""
         self._mux_counters.stalls += 1
         timeout = self._watchdog.timeout_s
         for gang in (self._gang, self._paused_gang):
@@ -278,7 +285,7 @@ class DriftScheduler(Scheduler):
                     sorted(gang.rids),
                     timeout,
                 )
-        stuck = [req for req in self.waiting_queue + self.grammar_manager.grammar_queue]
+        stuck = self.waiting_queue + self.grammar_manager.grammar_queue
         if self.chunked_req is not None and not self._in_flight(self.chunked_req):
             stuck.append(self.chunked_req)
         if not stuck:
@@ -295,18 +302,21 @@ class DriftScheduler(Scheduler):
 
     # ------------------------------------------------------------- deciding
 
-    def _decide(self) -> MuxDecision:
-        """The policy's decision; with TP, rank 0's, so every rank runs the same."""
+    def _decide(self) -> tuple[MuxDecision, bool]:
+        """The policy's decision, and whether the liveness watchdog found a stall
+        last step. With TP, rank 0's: every rank runs the same step, and ends the
+        same stalled requests at the same point (the watchdog reads a clock)."""
+        stalled, self._stalled = self._stalled, False
         if self.tp_size == 1:
             decision = self._safe_decision()
         else:
             group = self.tp_group
-            decision = self._safe_decision() if group.rank_in_group == 0 else None
-            decision = broadcast_pyobj(
-                [decision], group.ranks[group.rank_in_group], self.tp_cpu_group, src=group.ranks[0]
+            mine = (self._safe_decision(), stalled) if group.rank_in_group == 0 else None
+            decision, stalled = broadcast_pyobj(
+                [mine], group.ranks[group.rank_in_group], self.tp_cpu_group, src=group.ranks[0]
             )[0]
         self._previous_split = decision.split_index
-        return decision
+        return decision, stalled
 
     def _safe_decision(self) -> MuxDecision:
         """A planner error must not take the server down: log it, count it, and run
