@@ -1,4 +1,4 @@
-"""Starting drift servers on the tiny model for end-to-end tests."""
+"""Starting drift and plain SGLang servers on the tiny model for end-to-end tests."""
 
 from __future__ import annotations
 
@@ -17,17 +17,9 @@ def drift_server_process(
     api_key: str | None = None,
 ) -> ServerProcess:
     """A drift server on CPU at a free port of 127.0.0.1 (not started yet)."""
-    port = free_port()
-    command = python_module_command(
-        "drift_sgl.launch_server",
-        "--model-path", str(model_dir),
-        "--device", "cpu",
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--skip-server-warmup",
-        *args,
-    )  # fmt: skip
-    return ServerProcess(command, port, log_path, env=env, api_key=api_key)
+    return _local_server(
+        "drift_sgl.launch_server", model_dir, log_path, ("--device", "cpu", *args), env, api_key
+    )
 
 
 def sglang_server_process(
@@ -40,24 +32,39 @@ def sglang_server_process(
     """Plain SGLang (its own scheduler) on CPU, with the CPU settings drift fills in."""
     from drift_sgl.cpu.environment import prepare_cpu_environment
 
-    port = free_port()
-    command = python_module_command(
-        "sglang.launch_server",
-        "--model-path", str(model_dir),
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--skip-server-warmup",
+    cpu_env = dict(os.environ if env is None else env)
+    prepare_cpu_environment(cpu_env, offline=True, preload=False)
+    cpu_args = (
         "--device", "cpu",
         "--attention-backend", "torch_native",
         "--disable-cuda-graph",
         "--disable-overlap-schedule",
         # As drift's launcher sets on a CPU: an idle scheduler would spin a core.
         "--sleep-on-idle",
+    )  # fmt: skip
+    return _local_server(
+        "sglang.launch_server", model_dir, log_path, (*cpu_args, *args), cpu_env, api_key
+    )
+
+
+def _local_server(
+    module: str,
+    model_dir: Path,
+    log_path: Path,
+    args: tuple[str, ...],
+    env: Mapping[str, str] | None,
+    api_key: str | None,
+) -> ServerProcess:
+    port = free_port()
+    command = python_module_command(
+        module,
+        "--model-path", str(model_dir),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--skip-server-warmup",
         *args,
     )  # fmt: skip
-    cpu_env = dict(os.environ if env is None else env)
-    prepare_cpu_environment(cpu_env, offline=True, preload=False)
-    return ServerProcess(command, port, log_path, env=cpu_env, api_key=api_key)
+    return ServerProcess(command, port, log_path, env=env, api_key=api_key)
 
 
 def serve(server: ServerProcess, timeout_s: float = 300.0) -> Iterator[ServerProcess]:
