@@ -19,6 +19,7 @@ def drift_dp_server(tiny_model_dir, server_logs_dir):
         server_logs_dir / "drift-dp2.log",
         "--dp", "2",
         "--max-total-tokens", "4096",
+        "--dtype", "float32",  # as sglang_server, its oracle
     )  # fmt: skip
     # Three processes import the whole stack on 2 cores: allow a slow start.
     yield from serve(server, timeout_s=600)

@@ -27,7 +27,7 @@ from e2e.client import (
     open_chat_stream,
     post,
 )
-from e2e.parity import normalized
+from e2e.parity import assert_equivalent
 from e2e.servers import drift_server_process, serve, sglang_server_process
 
 pytestmark = pytest.mark.slow
@@ -102,13 +102,13 @@ def test_prompt_longer_than_the_prefill_budget_is_served_in_chunks(duty_drift, d
     # One gang per chunk of the prefill budget.
     chunks = drift_state(duty_drift)["counters"]["gangs_started"] - before
     assert chunks >= -(-prompt_tokens // PREFILL_BUDGET)
-    assert normalized(first) == normalized(generate(duty_sglang, prompt)[1])
+    assert_equivalent(first, generate(duty_sglang, prompt)[1])
 
     # The next turn finds the whole prompt in the radix cache.
     status, second = generate(duty_drift, prompt + " and one more turn")
     assert status == 200
     assert second["meta_info"]["cached_tokens"] >= prompt_tokens - 1
-    assert normalized(second) == normalized(generate(duty_sglang, prompt + " and one more turn")[1])
+    assert_equivalent(second, generate(duty_sglang, prompt + " and one more turn")[1])
 
 
 def test_abort_of_a_prompt_prefilled_in_chunks(duty_drift):
@@ -153,7 +153,8 @@ def run_priorities(server):
 def test_priority_preemption(duty_drift, duty_sglang):
     low, high = run_priorities(duty_drift)
     sglang_low, sglang_high = run_priorities(duty_sglang)
-    assert high[0] == 200 and normalized(high[1]) == normalized(sglang_high[1])
+    assert high[0] == 200
+    assert_equivalent(high[1], sglang_high[1])
     retractions = [body["meta_info"]["num_retractions"] for _, body in low]
     assert max(retractions) >= 1, "no low-priority request was pre-empted"
     assert max(body["meta_info"]["num_retractions"] for _, body in sglang_low) >= 1
@@ -279,6 +280,6 @@ def test_mixed_traffic_with_aborts_and_disconnects(duty_drift, duty_sglang):
         if key in ABORTED:
             assert body["meta_info"]["finish_reason"]["type"] in ("abort", "length"), body
         else:
-            assert normalized(body) == normalized(theirs[key]), key
+            assert_equivalent(body, theirs[key], key)
     assert duty_drift.alive()
     assert_kv_pool_empty(duty_drift)
