@@ -30,20 +30,12 @@ def sglang_server_process(
     api_key: str | None = None,
 ) -> ServerProcess:
     """Plain SGLang (its own scheduler) on CPU, with the CPU settings drift fills in."""
-    from drift_sgl.cpu.environment import prepare_cpu_environment
+    from drift_sgl.cpu.environment import SGLANG_CPU_ARGS, prepare_cpu_environment
 
     cpu_env = dict(os.environ if env is None else env)
     prepare_cpu_environment(cpu_env, offline=True, preload=False)
-    cpu_args = (
-        "--device", "cpu",
-        "--attention-backend", "torch_native",
-        "--disable-cuda-graph",
-        "--disable-overlap-schedule",
-        # As drift's launcher sets on a CPU: an idle scheduler would spin a core.
-        "--sleep-on-idle",
-    )  # fmt: skip
     return _local_server(
-        "sglang.launch_server", model_dir, log_path, (*cpu_args, *args), cpu_env, api_key
+        "sglang.launch_server", model_dir, log_path, (*SGLANG_CPU_ARGS, *args), cpu_env, api_key
     )
 
 

@@ -9,6 +9,7 @@ from sglang.srt.server_args import prepare_server_args
 
 from drift_sgl import server_args_check
 from drift_sgl.config import DriftConfig, DriftConfigError
+from drift_sgl.cpu.environment import SGLANG_CPU_ARGS
 from drift_sgl.launch_server import split_argv
 from drift_sgl.server_args_check import (
     CPU_MEM_FRACTION_STATIC,
@@ -218,6 +219,14 @@ def test_cpu_fills_device_settings():
     assert sa.sleep_on_idle is True
     for flag in ("--device", "--attention-backend", "--mem-fraction-static", "--sleep-on-idle"):
         assert any(n.startswith(flag) for n in notes), flag
+
+
+def test_plain_sglang_cpu_args_are_what_drift_fills_in():
+    """Benchmarks and tests start their SGLang oracle with SGLANG_CPU_ARGS: the
+    same kernels and settings as drift, but for the memory fraction."""
+    sa = server_args(*SGLANG_CPU_ARGS)
+    notes = check_and_complete(sa, "cpu", multiplexed=False)
+    assert [n.split()[0] for n in notes] == ["--mem-fraction-static"], notes
 
 
 def test_gpu_leaves_sleep_on_idle_to_the_user():

@@ -22,6 +22,18 @@ CPU_ENV_DEFAULTS = {
     "SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND": "python",
 }
 
+#: Plain SGLang's arguments for a CPU, as drift's launcher fills them in for
+#: itself (server_args_check._complete_cpu): a benchmark or a test that
+#: compares drift with SGLang starts SGLang with these, so both run the same
+#: kernels. Overlap is off as in drift, whose own loop overlaps the phases.
+SGLANG_CPU_ARGS = (
+    "--device", "cpu",
+    "--attention-backend", "torch_native",
+    "--disable-cuda-graph",
+    "--disable-overlap-schedule",
+    "--sleep-on-idle",
+)  # fmt: skip
+
 
 @dataclass(frozen=True)
 class CpuEnvironment:
