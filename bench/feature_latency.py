@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -27,8 +26,14 @@ from typing import Any
 
 import requests
 
-from drift_sgl.cpu.environment import SGLANG_CPU_ARGS
-from drift_sgl.tools.server_process import ServerProcess, ServerStartError, free_port
+from drift_sgl.cpu.environment import SGLANG_CPU_ARGS, server_process_env
+from drift_sgl.cpu.stub import has_nvidia_driver
+from drift_sgl.tools.server_process import (
+    ServerProcess,
+    ServerStartError,
+    free_port,
+    python_module_command,
+)
 
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 TOOLS = [
@@ -80,24 +85,17 @@ def start(
     module: str, model: Path, log: Path, args: tuple[str, ...], cpu_args: tuple[str, ...] = ()
 ) -> ServerProcess:
     """A started server; ``cpu_args`` are added when there is no NVIDIA driver."""
-    from drift_sgl.cpu.environment import prepare_cpu_environment
-    from drift_sgl.cpu.stub import has_nvidia_driver
-
-    env = dict(os.environ)
-    cpu = not has_nvidia_driver()
-    if cpu:
-        prepare_cpu_environment(env, offline=True, preload=False)
     port = free_port()
-    command = [
-        sys.executable, "-m", module,
+    command = python_module_command(
+        module,
         "--model-path", str(model),
         "--host", "127.0.0.1",
         "--port", str(port),
         "--skip-server-warmup",
         *args,
-        *(cpu_args if cpu else ()),
-    ]  # fmt: skip
-    return ServerProcess(command, port, log, env=env).start(timeout_s=600)
+        *(() if has_nvidia_driver() else cpu_args),
+    )  # fmt: skip
+    return ServerProcess(command, port, log, env=server_process_env()).start(timeout_s=600)
 
 
 def timed(server: ServerProcess, route: str, body: dict) -> tuple[float, Any]:

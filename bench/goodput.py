@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from drift_sgl.cpu.environment import server_process_env
 from drift_sgl.loadgen.replay import Limits
 from drift_sgl.loadgen.report import REPORT_KEYS
 from drift_sgl.loadgen.runner import Replayer, Target
@@ -123,18 +124,6 @@ def resolve_model(server: dict[str, Any]) -> Path:
     return path
 
 
-def server_env(extra: dict[str, Any]) -> dict[str, str]:
-    """This environment, made able to run SGLang on a CPU when there is no GPU."""
-    from drift_sgl.cpu.environment import prepare_cpu_environment
-    from drift_sgl.cpu.stub import has_nvidia_driver
-
-    env = dict(os.environ)
-    if not has_nvidia_driver():
-        prepare_cpu_environment(env, offline=True, preload=False)
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
-
-
 def bench_system(
     system: dict[str, Any],
     config: dict[str, Any],
@@ -160,7 +149,9 @@ def bench_system(
     command = [sys.executable if word == "python" else word for word in command]
     api_key = os.environ.get("OPENAI_API_KEY")
     log = logs / "logs" / f"{system['name']}.log"
-    server = ServerProcess(command, port, log, env=server_env(system["env"]), api_key=api_key)
+    server = ServerProcess(
+        command, port, log, env=server_process_env(system["env"]), api_key=api_key
+    )
     name = system["name"]
     print(f"goodput: {name}: starting {shlex.join(command)}", file=sys.stderr, flush=True)
     started = time.monotonic()

@@ -13,6 +13,7 @@ from drift_sgl.cpu.environment import (
     model_path_is_local,
     prepare_cpu_environment,
     requested_device,
+    server_process_env,
 )
 from drift_sgl.cpu.stub import StubBuildError, build_stub, has_nvidia_driver
 
@@ -113,6 +114,16 @@ def test_prepare_sets_sglang_cpu_variables(stub_dir):
     assert result.stub_path == stub_dir / "libcuda.so.1"
     assert result.stub_path.is_file()
     assert env["LD_LIBRARY_PATH"] == os.pathsep.join([str(stub_dir), "/opt/a", "/opt/b"])
+
+
+def test_server_process_env_is_a_prepared_copy_with_extras(stub_dir, monkeypatch):
+    monkeypatch.delenv("SGLANG_USE_CPU_ENGINE", raising=False)
+    env = server_process_env({"SOME_FLAG": 1})
+    assert env["SOME_FLAG"] == "1"
+    assert "SOME_FLAG" not in os.environ and "SGLANG_USE_CPU_ENGINE" not in os.environ
+    if has_nvidia_driver():
+        pytest.skip("a real NVIDIA driver is present: the environment is left as it is")
+    assert env["SGLANG_USE_CPU_ENGINE"] == "1" and env["HF_HUB_OFFLINE"] == "1"
 
 
 def test_prepare_keeps_user_values(stub_dir):

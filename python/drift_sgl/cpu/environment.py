@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from drift_sgl.cpu.stub import build_stub, default_stub_dir, has_nvidia_driver
 
@@ -68,6 +69,17 @@ def model_path_is_local(argv: list[str]) -> bool:
         if value is not None:
             return Path(value).is_dir()
     return False
+
+
+def server_process_env(extra: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """A copy of this environment for a server process a benchmark starts: made
+    able to run SGLang on a CPU (offline: the model is local) when there is no
+    NVIDIA driver, with ``extra`` on top."""
+    env = dict(os.environ)
+    if not has_nvidia_driver():
+        prepare_cpu_environment(env, offline=True, preload=False)
+    env.update({key: str(value) for key, value in (extra or {}).items()})
+    return env
 
 
 def prepare_cpu_environment(
