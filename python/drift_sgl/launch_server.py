@@ -167,15 +167,23 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _run(server_args: object, config: DriftConfig | None) -> None:
-    """Run SGLang's HTTP server, with drift's schedulers unless ``config`` is None."""
+    """Run SGLang's HTTP server, with drift's schedulers unless ``config`` is None,
+    and drift's request checks at the door in either case."""
+    from sglang.srt.entrypoints.engine import init_tokenizer_manager
     from sglang.srt.entrypoints.http_server import launch_server
     from sglang.srt.plugins import load_plugins
     from sglang.srt.utils import kill_process_tree
 
+    from drift_sgl.door.tokenizer_manager import DriftTokenizerManager
     from drift_sgl.entry import run_drift_scheduler_process
 
     load_plugins()
-    entry = {}
+    # The door checks (drift_sgl.door) guard every model, multiplexed or not.
+    entry: dict[str, Any] = {
+        "init_tokenizer_manager_func": functools.partial(
+            init_tokenizer_manager, TokenizerManagerClass=DriftTokenizerManager
+        )
+    }
     if config is not None:
         entry["run_scheduler_process_func"] = functools.partial(run_drift_scheduler_process, config)
     try:

@@ -1,0 +1,36 @@
+"""SGLang's TokenizerManager with drift's door checks in front of it.
+
+Every request path of SGLang's HTTP server (``/generate``, the OpenAI routes,
+``/encode``, the frontend language's calls) goes through
+``TokenizerManager.generate_request`` before anything is sent to a scheduler,
+and SGLang answers a ``ValueError`` raised there with a 400, also for a stream
+(its handlers start the generator before sending the headers). The launcher
+hands this class to SGLang's ``init_tokenizer_manager``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sglang.srt.managers.tokenizer_manager import TokenizerManager
+
+from drift_sgl.door.checks import DoorLimits, check_request
+
+
+class DriftTokenizerManager(TokenizerManager):
+    """Checks each request (``drift_sgl.door.checks``) before SGLang handles it."""
+
+    def __init__(self, server_args: Any, port_args: Any) -> None:
+        super().__init__(server_args, port_args)
+        config = self.model_config
+        self.door_limits = DoorLimits(
+            vocab_size=int(config.vocab_size),
+            multimodal=bool(getattr(config, "is_multimodal", False)),
+            hidden_size=int(config.hidden_size),
+        )
+
+    async def generate_request(self, obj: Any, request: Any = None) -> AsyncIterator[Any]:
+        check_request(obj, self.door_limits)
+        async for out in super().generate_request(obj, request):
+            yield out
