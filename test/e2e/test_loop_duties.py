@@ -4,8 +4,10 @@ Both servers run with priority scheduling, at most 3 running requests, a
 256-token prefill budget, a 4096-token context and float32, so that priority
 pre-emption happens and long prompts are prefilled in chunks (drift: one gang
 of layer blocks per 256-token chunk). The drift server also has a short
-liveness timeout and a test fault that holds back requests whose id starts
-with ``held-`` (drift_sgl.scheduler.faults), to prove the watchdog.
+liveness timeout and two test faults (drift_sgl.scheduler.faults): requests
+whose id starts with ``held-`` are held back, to prove the watchdog, and a
+forward over a request whose id starts with ``faulty-`` raises, to prove that
+a failing batch ends only its own requests.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ DUTY_ARGS = (
 )  # fmt: skip
 STALL_TIMEOUT_S = 3
 HELD = "held-"
+FAULTY = "faulty-"
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -61,7 +64,7 @@ def duty_drift(tiny_model_dir, server_logs_dir):
         *DUTY_ARGS,
         "--drift-tpot-slo-ms", "1",
         "--drift-stall-timeout-s", str(STALL_TIMEOUT_S),
-        env=_env(**{FAULTS_ENV_VAR: f"hold-admission={HELD}"}),
+        env=_env(**{FAULTS_ENV_VAR: f"hold-admission={HELD},raise-in-forward={FAULTY}"}),
     )  # fmt: skip
     yield from serve(server, timeout_s=600)
 
@@ -281,5 +284,37 @@ def test_mixed_traffic_with_aborts_and_disconnects(duty_drift, duty_sglang):
             assert body["meta_info"]["finish_reason"]["type"] in ("abort", "length"), body
         else:
             assert_equivalent(body, theirs[key], key)
+    assert duty_drift.alive()
+    assert_kv_pool_empty(duty_drift)
+
+
+# --- fault isolation -------------------------------------------------------------
+
+
+def test_a_failing_forward_ends_only_its_own_requests(duty_drift, duty_sglang):
+    """A forward that raises for one request (the test fault) ends that request
+    with a 500 that says what failed; requests decoding beside it, and a long
+    prompt prefilled in chunks behind it, give plain SGLang's tokens."""
+    prompts = {f"bystander {i}": 48 for i in range(2)}
+    before = drift_state(duty_drift)["counters"]
+    with ThreadPoolExecutor(4) as pool:
+        bystanders = {p: pool.submit(generate, duty_drift, p, n) for p, n in prompts.items()}
+        time.sleep(0.5)  # the bystanders decode while the faulty requests prefill
+        short = pool.submit(generate, duty_drift, "doomed", 8, rid=FAULTY + uuid.uuid4().hex)
+        chunked = pool.submit(
+            generate, duty_drift, long_prompt("doomed"), 8, rid=FAULTY + uuid.uuid4().hex
+        )
+        failed = [short.result(), chunked.result()]
+        ours = {p: f.result() for p, f in bystanders.items()}
+    for status, body in failed:
+        assert status == 500, body
+        assert "failed while running" in body["message"], body
+        assert "InjectedFault" in body["message"], body
+    for prompt, (status, body) in ours.items():
+        assert status == 200, body
+        assert_equivalent(body, generate(duty_sglang, prompt, prompts[prompt])[1], prompt)
+    after = drift_state(duty_drift)["counters"]
+    assert after["failed_requests"] - before["failed_requests"] == 2
+    assert "serving the others" in duty_drift.log_path.read_text(errors="replace")
     assert duty_drift.alive()
     assert_kv_pool_empty(duty_drift)

@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import pytest
 
 from drift_sgl.policy.slo import SloTable, SloTarget
-from drift_sgl.scheduler.faults import ENV_VAR, TestFaults
+from drift_sgl.scheduler.failures import failure_message, is_fatal
+from drift_sgl.scheduler.faults import ENV_VAR, InjectedFault, TestFaults
 from drift_sgl.scheduler.gang import PrefillGang
 from drift_sgl.scheduler.liveness import StallWatchdog
 from drift_sgl.scheduler.slo_view import SloView
@@ -63,10 +64,62 @@ def test_hold_admission_matches_a_prefix():
     assert faults.held("held-123") and not faults.held("other")
 
 
-@pytest.mark.parametrize("value", ["hold-admision=x", "hold-admission=", "crash"])
+def test_raise_in_forward_raises_only_for_a_marked_request():
+    faults = TestFaults.from_env({ENV_VAR: "hold-admission=held-,raise-in-forward=bad-"})
+    assert faults.held("held-1")
+    faults.after_forward(["good-1", "held-2"])
+    with pytest.raises(InjectedFault, match="bad-7"):
+        faults.after_forward(["good-1", "bad-7"])
+    TestFaults().after_forward(["bad-7"])  # off by default
+
+
+@pytest.mark.parametrize(
+    "value", ["hold-admision=x", "hold-admission=", "crash", "raise-in-forward="]
+)
 def test_unknown_or_empty_faults_are_errors(value):
     with pytest.raises(ValueError, match=ENV_VAR):
         TestFaults.from_env({ENV_VAR: value})
+
+
+# --- which failures end only their requests -------------------------------------
+
+
+@pytest.mark.parametrize(
+    "err",
+    [
+        InjectedFault("test fault"),
+        IndexError("index out of range in self"),
+        ValueError("bad grammar"),
+        RuntimeError("shape mismatch"),
+    ],
+)
+def test_ordinary_errors_end_only_their_requests(err):
+    assert not is_fatal(err, tp_size=1)
+
+
+@pytest.mark.parametrize(
+    "err",
+    [
+        RuntimeError("CUDA error: an illegal memory access was encountered"),
+        RuntimeError("NCCL communicator was aborted"),
+        RuntimeError("CUDA error: device-side assert triggered"),
+        KeyboardInterrupt(),
+    ],
+)
+def test_errors_that_break_shared_state_are_fatal(err):
+    assert is_fatal(err, tp_size=1)
+
+
+def test_with_tensor_parallelism_every_error_is_fatal():
+    # Ranks must end the same requests at the same step; one rank's error cannot be agreed on.
+    assert is_fatal(IndexError("x"), tp_size=2)
+
+
+def test_failure_message_names_the_phase_and_the_error():
+    message = failure_message("a decode step", IndexError("index 7 is out of bounds\nmore"))
+    assert "a decode step" in message
+    assert "IndexError: index 7 is out of bounds" in message and "more" not in message
+    assert "other requests were not affected" in message
 
 
 # --- the planner's view of priorities ------------------------------------------------

@@ -31,6 +31,10 @@ class MuxCounters:
     idle_admissions: int = 0
     #: Times the liveness watchdog found work waiting with nothing run for its timeout.
     stalls: int = 0
+    #: Batches (gangs, decode steps, admissions) that raised; only their requests ended.
+    failed_batches: int = 0
+    #: Requests ended because a batch they were in raised.
+    failed_requests: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

@@ -34,7 +34,7 @@ from sglang.srt.environ import envs
 from sglang.srt.managers.io_struct import AbortReq
 from sglang.srt.managers.schedule_batch import FINISH_ABORT
 from sglang.srt.managers.scheduler import Scheduler
-from sglang.srt.mem_cache.common import match_kv_cache
+from sglang.srt.mem_cache.common import match_kv_cache, release_kv_cache
 from sglang.srt.model_executor.forward_batch_info import ForwardMode
 from sglang.srt.observability.req_time_stats import set_schedule_time_batch
 from sglang.srt.runtime_context import get_device
@@ -45,6 +45,7 @@ from drift_sgl.latency.select import device_identity, model_identity, select_lat
 from drift_sgl.partition import BackendChoice, StreamPairBackend
 from drift_sgl.policy import LayerBudgetRule, MuxDecision, MuxState, SloPlanner
 from drift_sgl.scheduler.counters import MuxCounters
+from drift_sgl.scheduler.failures import failure_message, is_fatal
 from drift_sgl.scheduler.faults import TestFaults
 from drift_sgl.scheduler.gang import PrefillGang
 from drift_sgl.scheduler.liveness import StallWatchdog
@@ -205,7 +206,11 @@ class DriftScheduler(Scheduler):
         launched_prefill = self._execute(decision, decode_batch)
         merged = self._gang_complete()
         if merged:
-            self._merge_gang()
+            gang = self._gang
+            try:
+                self._merge_gang()
+            except Exception as err:
+                self._end_failed(gang.batch.reqs, "a prefill's results", err)
         if self._timeline is not None:
             self._timeline.end_step()
 
@@ -470,6 +475,10 @@ class DriftScheduler(Scheduler):
         self.waiting_queue = chosen
         try:
             plan = self.get_new_batch_prefill(self.running_batch)
+        except Exception as err:
+            self.waiting_queue = []  # the requests offered leave the queue (below)
+            self._end_failed(chosen, "admission", err)
+            return None
         finally:
             # What is left of the queue: the requests not offered, those SGLang
             # did not take, and those it queued during admission (running
@@ -516,27 +525,38 @@ class DriftScheduler(Scheduler):
         if decode_batch is not None:
             if self._sglang_splits:
                 select_split(self.tp_worker.model_runner, split)
-            with (
-                self._partition.decode_scope(split),
-                self._span("decode", split, batch=decode_batch.batch_size()),
-            ):
-                decode_result = self.run_batch(decode_batch)
-            if not self._sglang_splits:
+            try:
+                with (
+                    self._partition.decode_scope(split),
+                    self._span("decode", split, batch=decode_batch.batch_size()),
+                ):
+                    decode_result = self.run_batch(decode_batch)
+            except Exception as err:
+                self._end_failed(decode_batch.reqs, "a decode step", err)
+                decode_batch = None
+            if decode_batch is not None and not self._sglang_splits:
                 # One attention backend serves both phases: decode replaced
                 # the prefill's metadata (see _launch_prefill_block).
                 self._attention_owner = decode_batch
         gang = self._gang
         launch_prefill = gang is not None and decision.prefill_layers > 0
         if launch_prefill:
-            with (
-                self._partition.prefill_scope(split),
-                self._prefill_communicator(),
-                self._span("prefill", split, layers=gang.next_block(decision.prefill_layers)),
-            ):
-                self._launch_prefill_block(decision.prefill_layers, split)
+            try:
+                with (
+                    self._partition.prefill_scope(split),
+                    self._prefill_communicator(),
+                    self._span("prefill", split, layers=gang.next_block(decision.prefill_layers)),
+                ):
+                    self._launch_prefill_block(decision.prefill_layers, split)
+            except Exception as err:
+                self._gang = None
+                self._end_failed(gang.batch.reqs, "a prefill layer block", err)
         if decode_batch is not None:
             self._partition.wait_decode(split)
-            self.process_batch_result(decode_batch, decode_result)
+            try:
+                self.process_batch_result(decode_batch, decode_result)
+            except Exception as err:
+                self._end_failed(decode_batch.reqs, "a decode step's results", err)
             self._mux_counters.decode_steps += 1
         if launch_prefill:
             self._mux_counters.prefill_blocks += 1
@@ -611,6 +631,48 @@ class DriftScheduler(Scheduler):
             self.running_batch = batch
         else:
             self.running_batch.merge_batch(batch)
+
+    # ------------------------------------------------------- fault isolation
+
+    def run_batch(self, batch: Any, *args: Any, **kwargs: Any) -> Any:
+        """SGLang's forward, then the test-only fault hook (off unless a test sets it)."""
+        result = super().run_batch(batch, *args, **kwargs)
+        self._faults.after_forward(req.rid for req in batch.reqs)
+        return result
+
+    def _end_failed(self, reqs: list, phase: str, err: Exception) -> None:
+        """A step raised: end only its requests, free their KV, and go on.
+
+        Errors that corrupt shared state (``failures.is_fatal``) are re-raised:
+        SGLang's process entry then logs them and stops the server at once.
+        """
+        if is_fatal(err, self.tp_size):
+            logger.critical("drift: %s failed in a way that is not recoverable; exiting", phase)
+            raise err
+        live = [req for req in reqs if not (req.finished() and req.kv.is_kv_released)]
+        logger.error(
+            "drift: %s failed; aborting its requests %s, serving the others",
+            phase,
+            [req.rid for req in live],
+            exc_info=err,
+        )
+        self._mux_counters.failed_batches += 1
+        message = failure_message(phase, err)
+        for req in live:
+            req.finished_reason = FINISH_ABORT(message, HTTPStatus.INTERNAL_SERVER_ERROR)
+            req.to_finish = None
+            try:
+                self._release_aborted_request(req)
+                if req.kv.holds_kv:
+                    release_kv_cache(req, self.tree_cache, checkpoint=False)
+            except Exception:  # the failure may have left its state half-built
+                logger.exception("drift: could not free the KV of failed request %s", req.rid)
+            if req is self.chunked_req:
+                self.chunked_req = None
+            reason = req.finished_reason.to_json()
+            self.send_abort_output(AbortReq(rid=req.rid, finished_reason=reason), req)
+        self.running_batch.filter_batch()
+        self._mux_counters.failed_requests += len(live)
 
     # ------------------------------------------------- SGLang bookkeeping hooks
 
