@@ -61,6 +61,8 @@ class DriftConfig:
     profile_allow_mismatch: bool = False
     #: Seconds the loop may run nothing while requests wait before it aborts them.
     stall_timeout_s: float = 60.0
+    #: Largest request body the HTTP server reads, in MiB (drift_sgl.door.body).
+    max_request_mb: float = 64.0
     #: New tokens per prefill chunk (SGLang's --chunked-prefill-size, which the
     #: launcher moves here); None: chunks of --max-prefill-tokens. No flag of its own.
     prefill_chunk_tokens: int | None = field(default=None, metadata={"cli": False})
@@ -110,6 +112,11 @@ class DriftConfig:
             raise DriftConfigError(
                 "--drift-stall-timeout-s",
                 f"must be a positive number of seconds, got {self.stall_timeout_s}",
+            )
+        if not (math.isfinite(self.max_request_mb) and self.max_request_mb > 0):
+            raise DriftConfigError(
+                "--drift-max-request-mb",
+                f"must be a positive number of MiB, got {self.max_request_mb}",
             )
         if self.prefill_chunk_tokens is not None and self.prefill_chunk_tokens < 1:
             raise DriftConfigError(
@@ -187,6 +194,10 @@ _HELP = {
         "liveness watchdog: when requests wait and the loop has run nothing for this many "
         "seconds, it aborts them (503, with a message saying why) and logs their ids, instead "
         "of leaving clients hanging. Default: %(default)s."
+    ),
+    "max_request_mb": (
+        "largest request body the server reads, in MiB; a larger one is refused with HTTP "
+        "413 before it is read whole. Default: %(default)s."
     ),
     "profile_allow_mismatch": (
         "use --drift-profile even when its model or device differs from the server's "

@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
             "nothing to multiplex; SGLang's own scheduler serves it",
             prepared.model.architecture,
         )
-        _run(server_args, None)
+        _run(server_args, None, config.max_request_mb)
         return
     if config.profile is not None:
         try:
@@ -163,22 +163,24 @@ def main(argv: list[str] | None = None) -> None:
             _fail(err)
     config = replace(config, prefill_chunk_tokens=prepared.prefill_chunk_tokens)
     logger.info("drift: %s", config)
-    _run(server_args, config)
+    _run(server_args, config, config.max_request_mb)
 
 
-def _run(server_args: object, config: DriftConfig | None) -> None:
+def _run(server_args: object, config: DriftConfig | None, max_request_mb: float) -> None:
     """Run SGLang's HTTP server, with drift's schedulers unless ``config`` is None,
     and drift's request checks at the door in either case."""
     from sglang.srt.entrypoints.engine import init_tokenizer_manager
-    from sglang.srt.entrypoints.http_server import launch_server
+    from sglang.srt.entrypoints.http_server import app, launch_server
     from sglang.srt.plugins import load_plugins
     from sglang.srt.utils import kill_process_tree
 
+    from drift_sgl.door.body import BodyCheckMiddleware
     from drift_sgl.door.tokenizer_manager import DriftTokenizerManager
     from drift_sgl.entry import run_drift_scheduler_process
 
     load_plugins()
     # The door checks (drift_sgl.door) guard every model, multiplexed or not.
+    app.add_middleware(BodyCheckMiddleware, max_bytes=int(max_request_mb * 2**20))
     entry: dict[str, Any] = {
         "init_tokenizer_manager_func": functools.partial(
             init_tokenizer_manager, TokenizerManagerClass=DriftTokenizerManager

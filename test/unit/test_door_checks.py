@@ -7,7 +7,7 @@ import math
 import pytest
 from sglang.srt.managers.io_struct import EmbeddingReqInput, GenerateReqInput
 
-from drift_sgl.door.checks import DoorLimits, RequestRejected, check_request
+from drift_sgl.door.checks import DoorLimits, RequestRejected, check_request, check_tokenized
 
 LIMITS = DoorLimits(vocab_size=100, hidden_size=8)
 
@@ -112,6 +112,10 @@ REJECTED = {
         _generate(text=["a", "b"], sampling_params=[{"max_new_tokens": 1}]),
         "sampling_params: a list of 1 for a batch of 2 prompts",
     ),
+    "empty params list for one prompt": (
+        _generate(text="a", sampling_params=[]),
+        "sampling_params: an empty list",
+    ),
     "batch rid list too short": (_generate(text=["a", "b"], rid=["x"]), "rid: a list of 1"),
 }
 
@@ -136,3 +140,11 @@ def test_a_rejection_is_a_value_error_which_sglang_answers_with_400():
 def test_multimodal_model_takes_images():
     request = _generate(text="hi", image_data="data:image/png;base64,AAAA")
     check_request(request, DoorLimits(vocab_size=100, multimodal=True))
+
+
+def test_an_empty_prompt_is_refused_once_tokenised():
+    with pytest.raises(RequestRejected, match="prompt is empty"):
+        check_tokenized(_generate(text=""), [])
+    check_tokenized(_generate(text="hi"), [5])
+    # A session continuation starts from the session's tokens.
+    check_tokenized(_generate(text="", session_params={"id": "s"}), [])

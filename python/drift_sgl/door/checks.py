@@ -81,6 +81,21 @@ def check_request(obj: Any, limits: DoorLimits) -> None:
     _check_token_ids("token_ids_logprob", ids_logprob, limits.vocab_size)
 
 
+def check_tokenized(obj: Any, input_ids: list[int] | None) -> None:
+    """Check one prompt as SGLang tokenised it: there must be something to prefill.
+
+    An empty text tokenises to no tokens with a tokenizer that adds no BOS, and
+    a prefill of zero tokens raises inside the model's forward. A request that
+    continues a session is exempt: the scheduler puts the session's tokens first.
+    """
+    if input_ids is None or len(input_ids) > 0:
+        return
+    if getattr(obj, "input_embeds", None) is None and not getattr(obj, "session_params", None):
+        raise RequestRejected(
+            "text: the prompt is empty after tokenization; send at least one token"
+        )
+
+
 def _batch_size(obj: Any) -> int | None:
     """The number of prompts of a batch request; None for a single prompt."""
     text, ids = getattr(obj, "text", None), getattr(obj, "input_ids", None)
@@ -95,6 +110,9 @@ def _check_batch_lists(obj: Any) -> None:
     """A per-prompt list must have an entry for every prompt of the batch."""
     size = _batch_size(obj)
     if size is None:
+        for name in ("rid", "sampling_params"):
+            if getattr(obj, name, None) == []:
+                raise RequestRejected(f"{name}: an empty list; give a single value for one prompt")
         return
     for name in PER_PROMPT_FIELDS:
         value = getattr(obj, name, None)

@@ -15,11 +15,12 @@ from typing import Any
 
 from sglang.srt.managers.tokenizer_manager import TokenizerManager
 
-from drift_sgl.door.checks import DoorLimits, check_request
+from drift_sgl.door.checks import DoorLimits, check_request, check_tokenized
 
 
 class DriftTokenizerManager(TokenizerManager):
-    """Checks each request (``drift_sgl.door.checks``) before SGLang handles it."""
+    """Checks each request (``drift_sgl.door.checks``) before SGLang handles it,
+    and each prompt once SGLang has tokenised it."""
 
     def __init__(self, server_args: Any, port_args: Any) -> None:
         super().__init__(server_args, port_args)
@@ -34,3 +35,7 @@ class DriftTokenizerManager(TokenizerManager):
         check_request(obj, self.door_limits)
         async for out in super().generate_request(obj, request):
             yield out
+
+    def _validate_one_request(self, obj: Any, input_ids: list[int] | None) -> None:
+        check_tokenized(obj, input_ids)
+        super()._validate_one_request(obj, input_ids)
