@@ -26,14 +26,8 @@ from typing import Any
 
 import requests
 
-from drift_sgl.cpu.environment import SGLANG_CPU_ARGS, server_process_env
-from drift_sgl.cpu.stub import has_nvidia_driver
-from drift_sgl.tools.server_process import (
-    ServerProcess,
-    ServerStartError,
-    free_port,
-    python_module_command,
-)
+from drift_sgl.cpu.environment import SGLANG_CPU_ARGS
+from drift_sgl.tools.server_process import ServerProcess, ServerStartError, start_local_server
 
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 TOOLS = [
@@ -79,23 +73,6 @@ REQUESTS: dict[str, tuple[str, dict[str, Any]]] = {
         },
     ),
 }
-
-
-def start(
-    module: str, model: Path, log: Path, args: tuple[str, ...], cpu_args: tuple[str, ...] = ()
-) -> ServerProcess:
-    """A started server; ``cpu_args`` are added when there is no NVIDIA driver."""
-    port = free_port()
-    command = python_module_command(
-        module,
-        "--model-path", str(model),
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--skip-server-warmup",
-        *args,
-        *(() if has_nvidia_driver() else cpu_args),
-    )  # fmt: skip
-    return ServerProcess(command, port, log, env=server_process_env()).start(timeout_s=600)
 
 
 def timed(server: ServerProcess, route: str, body: dict) -> tuple[float, Any]:
@@ -153,8 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         common = ("--dtype", "float32")
     servers: dict[str, ServerProcess] = {}
     try:
-        servers["drift"] = start("drift_sgl.launch_server", model, work / "drift.log", common)
-        servers["sglang"] = start(
+        servers["drift"] = start_local_server(
+            "drift_sgl.launch_server", model, work / "drift.log", common
+        )
+        servers["sglang"] = start_local_server(
             "sglang.launch_server", model, work / "sglang.log", common, SGLANG_CPU_ARGS
         )
         report = {

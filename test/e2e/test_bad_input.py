@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import requests
 
+from drift_sgl.tools.fuzz import HOSTILE_REQUESTS, OUT_OF_VOCAB
 from e2e.client import assert_kv_pool_empty, chat, headers
 
 pytestmark = pytest.mark.slow
@@ -33,103 +34,6 @@ GENERATE_CASES = {
     "negative max_new_tokens": {"text": "hi", "sampling_params": {"max_new_tokens": -1}},
     "prompt longer than context": {"text": TOO_LONG, "sampling_params": {"max_new_tokens": 4}},
     "negative temperature": {"text": "hi", "sampling_params": {"temperature": -1.0}},
-}
-
-
-# Inputs that killed a drift server (and kill plain SGLang 0.5.23) before the door
-# checks (drift_sgl.door); each must be a 4xx whose message names the field.
-# Token ids from OUT_OF_VOCAB on are beyond any test model's vocabulary.
-OUT_OF_VOCAB = 10**6
-HOSTILE_CASES = {
-    "generate ids beyond the vocabulary": (
-        "/generate",
-        {"input_ids": [5, OUT_OF_VOCAB + 10], "sampling_params": {"max_new_tokens": 2}},
-        "input_ids[1]",
-    ),
-    "generate negative id": ("/generate", {"input_ids": [5, -3]}, "input_ids[1]"),
-    "generate batched ids": ("/generate", {"input_ids": [[5], [7, 10**9]]}, "input_ids[1][1]"),
-    "completions prompt ids": (
-        "/v1/completions",
-        {"model": "tiny", "prompt": [5, OUT_OF_VOCAB], "max_tokens": 2},
-        "input_ids[1]",
-    ),
-    "completions negative prompt id": (
-        "/v1/completions",
-        {"model": "tiny", "prompt": [[5, 6], [5, -1]], "max_tokens": 2},
-        "input_ids[1][1]",
-    ),
-    "generate top logprobs": (
-        "/generate",
-        {"text": "hi", "return_logprob": True, "top_logprobs_num": 10**9},
-        "top_logprobs_num",
-    ),
-    "completions logprobs": (
-        "/v1/completions",
-        {"model": "tiny", "prompt": "hi", "logprobs": 10**6, "max_tokens": 2},
-        "top_logprobs_num",
-    ),
-    "chat top logprobs": (
-        "/v1/chat/completions",
-        {"model": "tiny", "messages": GOOD_MESSAGES, "logprobs": True, "top_logprobs": 10**6},
-        "top_logprobs_num",
-    ),
-    "chat n 0": (
-        "/v1/chat/completions",
-        {"model": "tiny", "messages": GOOD_MESSAGES, "n": 0},
-        ".n",
-    ),
-    "completions negative n": (
-        "/v1/completions",
-        {"model": "tiny", "prompt": "hi", "n": -2, "max_tokens": 2},
-        ".n",
-    ),
-    "generate image for a text model": (
-        "/generate",
-        {"text": "hi", "image_data": "data:image/png;base64,iVBORw0KGgo="},
-        "image_data",
-    ),
-    "generate stop token ids": (
-        "/generate",
-        {"text": "hi", "sampling_params": {"stop_token_ids": [OUT_OF_VOCAB + 5]}},
-        "stop_token_ids",
-    ),
-    "chat logit bias": (
-        "/v1/chat/completions",
-        {"model": "tiny", "messages": GOOD_MESSAGES, "logit_bias": {str(OUT_OF_VOCAB + 7): 5}},
-        "logit_bias",
-    ),
-    "generate token ids logprob": (
-        "/generate",
-        {"text": "hi", "return_logprob": True, "token_ids_logprob": [OUT_OF_VOCAB + 1]},
-        "token_ids_logprob",
-    ),
-    "generate batch with too few sampling params": (
-        "/generate",
-        {"text": ["hi", "yo"], "sampling_params": [{"max_new_tokens": 2}]},
-        "sampling_params",
-    ),
-    "generate malformed regex": (
-        "/generate",
-        {"text": "hi", "sampling_params": {"max_new_tokens": 2, "regex": "(unclosed"}},
-        "regex",
-    ),
-    "generate malformed ebnf": (
-        "/generate",
-        {"text": "hi", "sampling_params": {"max_new_tokens": 2, "ebnf": "root ::= ( "}},
-        "ebnf",
-    ),
-    "chat malformed json schema": (
-        "/v1/chat/completions",
-        {
-            "model": "tiny",
-            "messages": GOOD_MESSAGES,
-            "response_format": {
-                "type": "json_schema",
-                "json_schema": {"name": "x", "schema": {"type": 5}},
-            },
-        },
-        "json",
-    ),
 }
 
 
@@ -166,9 +70,9 @@ def test_chat_bad_input_status_matches_sglang(drift_server, sglang_server, case)
     assert drift.status_code == sglang.status_code
 
 
-@pytest.mark.parametrize("case", sorted(HOSTILE_CASES))
+@pytest.mark.parametrize("case", sorted(HOSTILE_REQUESTS))
 def test_hostile_input_is_a_4xx_naming_the_field(drift_server, case):
-    path, body, field = HOSTILE_CASES[case]
+    path, body, field = HOSTILE_REQUESTS[case]
     resp = _send(drift_server, path, body)
     _assert_clear_client_error(resp)
     assert field in resp.text, resp.text[:300]
@@ -183,6 +87,6 @@ def test_hostile_stream_is_a_4xx_before_any_event(drift_server):
 
 
 def test_hostile_inputs_leave_the_kv_pool_drained(drift_server):
-    for path, body, _ in HOSTILE_CASES.values():
+    for path, body, _ in HOSTILE_REQUESTS.values():
         _send(drift_server, path, body)
     assert_kv_pool_empty(drift_server)

@@ -156,3 +156,32 @@ class ServerProcess:
 def python_module_command(module: str, *args: str) -> list[str]:
     """``python -m module args`` with this interpreter."""
     return [sys.executable, "-m", module, *args]
+
+
+def start_local_server(
+    module: str,
+    model: Path,
+    log: Path,
+    args: Sequence[str] = (),
+    cpu_args: Sequence[str] = (),
+    timeout_s: float = 600.0,
+) -> ServerProcess:
+    """Start ``python -m module`` serving ``model`` on a free local port, and wait.
+
+    ``cpu_args`` are added when there is no NVIDIA driver; the environment is
+    ``server_process_env()`` (what a benchmark gives every server it starts).
+    """
+    from drift_sgl.cpu.environment import server_process_env
+    from drift_sgl.cpu.stub import has_nvidia_driver
+
+    port = free_port()
+    command = python_module_command(
+        module,
+        "--model-path", str(model),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--skip-server-warmup",
+        *args,
+        *(() if has_nvidia_driver() else cpu_args),
+    )  # fmt: skip
+    return ServerProcess(command, port, log, env=server_process_env()).start(timeout_s=timeout_s)
