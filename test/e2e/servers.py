@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from drift_sgl.tools.server_process import ServerProcess, free_port, python_module_command
+from drift_sgl.tools.server_process import ServerProcess, local_server_process
 
 
 def drift_server_process(
@@ -17,7 +17,7 @@ def drift_server_process(
     api_key: str | None = None,
 ) -> ServerProcess:
     """A drift server on CPU at a free port of 127.0.0.1 (not started yet)."""
-    return _local_server(
+    return local_server_process(
         "drift_sgl.launch_server", model_dir, log_path, ("--device", "cpu", *args), env, api_key
     )
 
@@ -34,29 +34,9 @@ def sglang_server_process(
 
     cpu_env = dict(os.environ if env is None else env)
     prepare_cpu_environment(cpu_env, offline=True, preload=False)
-    return _local_server(
+    return local_server_process(
         "sglang.launch_server", model_dir, log_path, (*SGLANG_CPU_ARGS, *args), cpu_env, api_key
     )
-
-
-def _local_server(
-    module: str,
-    model_dir: Path,
-    log_path: Path,
-    args: tuple[str, ...],
-    env: Mapping[str, str] | None,
-    api_key: str | None,
-) -> ServerProcess:
-    port = free_port()
-    command = python_module_command(
-        module,
-        "--model-path", str(model_dir),
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--skip-server-warmup",
-        *args,
-    )  # fmt: skip
-    return ServerProcess(command, port, log_path, env=env, api_key=api_key)
 
 
 def serve(server: ServerProcess, timeout_s: float = 300.0) -> Iterator[ServerProcess]:

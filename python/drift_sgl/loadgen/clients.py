@@ -25,6 +25,22 @@ from drift_sgl.loadgen.stream import StreamedAnswer, read_chat_stream
 Messages = list[dict[str, str]]
 
 
+def chat_stream_body(
+    model: str, messages: Messages, max_tokens: int, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A streamed, greedy chat request for exactly ``max_tokens`` tokens, with usage."""
+    return {
+        "model": model,
+        "messages": messages,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        **(extra or {}),
+    }
+
+
 class ChatClient(Protocol):
     async def answer(
         self, messages: Messages, max_tokens: int, clock: Callable[[], float]
@@ -59,16 +75,7 @@ class OpenAIChatClient:
         )
 
     def body(self, messages: Messages, max_tokens: int) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "messages": messages,
-            "max_tokens": max_tokens,
-            "temperature": 0,
-            "ignore_eos": True,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-            **self.extra_body,
-        }
+        return chat_stream_body(self.model, messages, max_tokens, self.extra_body)
 
     async def answer(
         self, messages: Messages, max_tokens: int, clock: Callable[[], float]

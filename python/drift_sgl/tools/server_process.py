@@ -158,22 +158,15 @@ def python_module_command(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
-def start_local_server(
+def local_server_process(
     module: str,
     model: Path,
     log: Path,
     args: Sequence[str] = (),
-    cpu_args: Sequence[str] = (),
-    timeout_s: float = 600.0,
+    env: Mapping[str, str] | None = None,
+    api_key: str | None = None,
 ) -> ServerProcess:
-    """Start ``python -m module`` serving ``model`` on a free local port, and wait.
-
-    ``cpu_args`` are added when there is no NVIDIA driver; the environment is
-    ``server_process_env()`` (what a benchmark gives every server it starts).
-    """
-    from drift_sgl.cpu.environment import server_process_env
-    from drift_sgl.cpu.stub import has_nvidia_driver
-
+    """``python -m module`` serving ``model`` on a free port of 127.0.0.1 (not started)."""
     port = free_port()
     command = python_module_command(
         module,
@@ -182,6 +175,23 @@ def start_local_server(
         "--port", str(port),
         "--skip-server-warmup",
         *args,
-        *(() if has_nvidia_driver() else cpu_args),
     )  # fmt: skip
-    return ServerProcess(command, port, log, env=server_process_env()).start(timeout_s=timeout_s)
+    return ServerProcess(command, port, log, env=env, api_key=api_key)
+
+
+def start_local_server(
+    module: str,
+    model: Path,
+    log: Path,
+    args: Sequence[str] = (),
+    cpu_args: Sequence[str] = (),
+    timeout_s: float = 600.0,
+) -> ServerProcess:
+    """A ``local_server_process`` for a benchmark, started: ``cpu_args`` are added
+    when there is no NVIDIA driver, and the environment is ``server_process_env()``."""
+    from drift_sgl.cpu.environment import server_process_env
+    from drift_sgl.cpu.stub import has_nvidia_driver
+
+    args = (*args, *(() if has_nvidia_driver() else cpu_args))
+    server = local_server_process(module, model, log, args, env=server_process_env())
+    return server.start(timeout_s=timeout_s)
