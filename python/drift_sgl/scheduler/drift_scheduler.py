@@ -512,7 +512,11 @@ class DriftScheduler(Scheduler):
         running = self.running_batch
         if running.is_empty() or running.is_prefill_only:
             return None
-        batch = self.update_running_batch(running)
+        try:
+            batch = self.update_running_batch(running)
+        except Exception as err:
+            self._end_failed(list(running.reqs), "the preparation of a decode step", err)
+            return None
         if batch is None or batch.is_empty():
             return None
         set_schedule_time_batch(batch)
