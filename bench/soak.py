@@ -1,6 +1,7 @@
 """Soak a drift server: multi-turn clients, drops, aborts and hostile requests for N minutes.
 
     python bench/soak.py [--minutes 30] [--clients 24] [--model-path DIR] [--json OUT] [--plot PNG]
+                         [--server-args "--max-total-tokens 16384"]
 
 Starts a drift server on the tiny random Llama (or ``--model-path``), runs
 drift_sgl.tools.soak against it, flushes the cache and checks the KV pool is
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -61,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-rss-growth", type=float, default=1.10)
     parser.add_argument("--json", type=Path, help="also write the JSON here")
     parser.add_argument("--plot", type=Path, help="also plot RSS and KV pool to this PNG")
+    parser.add_argument(
+        "--server-args",
+        default="",
+        help="more server arguments, e.g. '--max-total-tokens 16384' so the radix cache fills "
+        "and evicts within the run",
+    )
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="soak-"))
     model, extra = args.model_path, ()
@@ -69,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
         model = write_tiny_model(work / "tiny-llama")
         extra = ("--dtype", "float32")
+    extra = (*extra, *shlex.split(args.server_args))
     config = SoakConfig(clients=args.clients, duration_s=args.minutes * 60)
     server = None
     try:
@@ -94,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         "minutes": args.minutes,
         "clients": args.clients,
         "model": str(model),
+        "server_args": list(extra),
         "passed": passed,
         "kv_pool_drained": drained,
         "server_alive": alive,
