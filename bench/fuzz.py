@@ -23,15 +23,11 @@ from pathlib import Path
 import requests
 
 from drift_sgl.tools.fuzz import FuzzLimits, InvariantBroken, fuzz
-from drift_sgl.tools.server_process import ServerProcess, ServerStartError, start_local_server
-
-
-def kv_pool_drained(server: ServerProcess) -> bool:
-    """After a flush, every KV slot is free (drift's /server_info report)."""
-    server.flush_cache()
-    info = requests.get(server.url + "/server_info", timeout=30).json()
-    drift = info["internal_states"][0]["drift"]
-    return drift["kv_available_tokens"] == drift["kv_total_tokens"]
+from drift_sgl.tools.server_process import (
+    ServerStartError,
+    drift_kv_pool_drained,
+    start_local_server,
+)
 
 
 def vocab_size(url: str) -> int:
@@ -68,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         except InvariantBroken as err:
             report.update(invariants_held=False, broken=str(err))
         if server is not None:
-            report["kv_pool_drained"] = kv_pool_drained(server)
+            report["kv_pool_drained"] = drift_kv_pool_drained(server)
         report["seconds"] = round(time.monotonic() - started, 1)
     except ServerStartError as err:
         print(f"fuzz: {err}", file=sys.stderr)

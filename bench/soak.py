@@ -21,16 +21,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-import requests
-
-from drift_sgl.tools.server_process import ServerStartError, start_local_server
+from drift_sgl.tools.server_process import (
+    ServerStartError,
+    drift_kv_pool_drained,
+    start_local_server,
+)
 from drift_sgl.tools.soak import SoakConfig, SoakReport, run_soak
-
-
-def kv_pool_drained(url: str) -> bool:
-    requests.post(url + "/flush_cache", timeout=120)
-    drift = requests.get(url + "/server_info", timeout=30).json()["internal_states"][0]["drift"]
-    return drift["kv_available_tokens"] == drift["kv_total_tokens"]
 
 
 def plot(report: SoakReport, path: Path) -> None:
@@ -83,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server = start_local_server("drift_sgl.launch_server", model, work / "drift.log", extra)
         report = run_soak(server.url, config, server.proc.pid)
-        drained = kv_pool_drained(server.url)
+        drained = drift_kv_pool_drained(server)
         alive = server.alive()
     except ServerStartError as err:
         print(f"soak: {err}", file=sys.stderr)

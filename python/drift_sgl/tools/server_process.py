@@ -195,3 +195,17 @@ def start_local_server(
     args = (*args, *(() if has_nvidia_driver() else cpu_args))
     server = local_server_process(module, model, log, args, env=server_process_env())
     return server.start(timeout_s=timeout_s)
+
+
+def drift_kv_pool_drained(server: ServerProcess) -> bool:
+    """After a cache flush, whether every KV slot of a drift server is free
+    (drift's report in ``/server_info``, first DP rank)."""
+    import json
+
+    server.flush_cache()
+    request = urllib.request.Request(server.url + "/server_info")
+    if server.api_key:
+        request.add_header("Authorization", f"Bearer {server.api_key}")
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        drift = json.loads(resp.read())["internal_states"][0]["drift"]
+    return drift["kv_available_tokens"] == drift["kv_total_tokens"]
