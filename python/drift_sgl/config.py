@@ -173,8 +173,8 @@ _HELP = {
     "slo_classes": (
         "per-request SLO classes, as JSON or a JSON file: "
         '\'{"interactive": {"ttft_ms": 500, "tpot_ms": 40}, "batch": {"ttft_ms": 30000}}\'; '
-        "a request picks one with the x-smg-routing-key header (OpenAI API) or routing_key "
-        "(/generate)."
+        "a request picks one with the x-slo-class header or a body field "
+        '\'"slo": {"class": NAME}\' (and may state its own x-slo-ttft-ms / x-slo-tpot-ms).'
     ),
     "overload": (
         "requests that can no longer meet their TTFT: 'serve' them best-effort after those "

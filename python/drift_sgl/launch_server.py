@@ -183,7 +183,10 @@ def _run(server_args: object, config: DriftConfig | None, max_request_mb: float)
     app.add_middleware(BodyCheckMiddleware, max_bytes=int(max_request_mb * 2**20))
     entry: dict[str, Any] = {
         "init_tokenizer_manager_func": functools.partial(
-            init_tokenizer_manager, TokenizerManagerClass=DriftTokenizerManager
+            init_tokenizer_manager,
+            TokenizerManagerClass=DriftTokenizerManager.bind(
+                () if config is None else config.slo_table().classes
+            ),
         )
     }
     if config is not None:

@@ -15,8 +15,15 @@ def headers(server: ServerProcess) -> dict[str, str]:
     return {"Authorization": f"Bearer {server.api_key}"} if server.api_key else {}
 
 
-def post(server: ServerProcess, path: str, body: Any, timeout: float = 120.0) -> requests.Response:
-    return requests.post(server.url + path, json=body, headers=headers(server), timeout=timeout)
+def post(
+    server: ServerProcess,
+    path: str,
+    body: Any,
+    timeout: float = 120.0,
+    extra_headers: dict[str, str] | None = None,
+) -> requests.Response:
+    sent = headers(server) | (extra_headers or {})
+    return requests.post(server.url + path, json=body, headers=sent, timeout=timeout)
 
 
 def get(server: ServerProcess, path: str, timeout: float = 30.0) -> requests.Response:

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import requests
 
 from e2e.client import chat_body, drift_state, generate_ids, headers, post
 from e2e.conversations import run_conversations
 
 
-def chat_with_class(server, slo_class: str | None, max_tokens: int = 8) -> requests.Response:
-    extra = {} if slo_class is None else {"x-smg-routing-key": slo_class}
+def chat_with_class(
+    server, slo_class: str | None, max_tokens: int = 8, extra: dict | None = None
+) -> requests.Response:
+    extra = ({} if slo_class is None else {"x-slo-class": slo_class}) | (extra or {})
     body = chat_body([{"role": "user", "content": "Say something short."}], max_tokens)
     return requests.post(
         server.url + "/v1/chat/completions",
@@ -43,7 +46,7 @@ def test_a_request_that_cannot_meet_its_ttft_is_shed_with_a_clear_reason(drift_s
         {
             "text": "A request that is already late.",
             "sampling_params": {"max_new_tokens": 8, "temperature": 0},
-            "routing_key": "doomed",
+            "slo": {"class": "doomed"},
         },
     )
     assert resp.status_code == 503, resp.text
@@ -58,12 +61,53 @@ def test_shed_request_on_the_openai_api_gets_an_error_not_a_hang(drift_server):
     assert "time-to-first-token target cannot be met" in resp.text
 
 
-def test_other_classes_and_unknown_classes_are_served(drift_server):
-    for slo_class in ("relaxed", None, "no-such-class"):
-        resp = chat_with_class(drift_server, slo_class)
+def test_other_classes_are_served_and_the_gateways_routing_key_is_not_a_class(drift_server):
+    for slo_class in ("relaxed", None):
+        resp = chat_with_class(drift_server, slo_class, extra={"x-smg-routing-key": "doomed"})
         assert resp.status_code == 200, (slo_class, resp.text)
         assert resp.json()["choices"][0]["finish_reason"] in ("length", "stop")
-    assert "no-such-class" in drift_state(drift_server)["slo"]["unknown_classes_seen"]
+
+
+def test_a_stated_ttft_beats_the_class_and_a_header_beats_the_body(drift_server):
+    # The "relaxed" class would wait ten minutes; the request's own 1 us cannot be met.
+    resp = chat_with_class(drift_server, "relaxed", extra={"x-slo-ttft-ms": "0.001"})
+    assert resp.status_code == 503, resp.text
+    assert "time-to-first-token target cannot be met" in resp.text
+    resp = post(
+        drift_server,
+        "/generate",
+        {
+            "text": "On time.",
+            "sampling_params": {"max_new_tokens": 4, "temperature": 0},
+            "slo": {"class": "doomed"},
+        },
+        extra_headers={"x-slo-class": "relaxed"},
+    )
+    assert resp.status_code == 200, resp.text
+
+
+@pytest.mark.parametrize(
+    ("extra", "body", "named"),
+    [
+        ({"x-slo-class": "no-such-class"}, None, "unknown SLO class 'no-such-class'"),
+        ({"x-slo-ttft-ms": "soon"}, None, "x-slo-ttft-ms"),
+        ({"x-slo-tpot-ms": "-1"}, None, "x-slo-tpot-ms"),
+        ({}, {"tpot_ms": "fast"}, "tpot_ms must be a number"),
+        ({}, [1], "body field 'slo'"),
+    ],
+)
+def test_junk_slos_are_refused_with_a_400_naming_them(drift_server, extra, body, named):
+    payload = chat_body([{"role": "user", "content": "Hi"}], 4)
+    if body is not None:
+        payload["slo"] = body
+    resp = requests.post(
+        drift_server.url + "/v1/chat/completions",
+        json=payload,
+        headers=headers(drift_server) | extra,
+        timeout=60,
+    )
+    assert resp.status_code == 400, resp.text
+    assert named in resp.text
 
 
 def test_shedding_loses_nothing_else_under_a_mixed_burst(drift_server):

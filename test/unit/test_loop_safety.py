@@ -132,12 +132,11 @@ class FakeReq:
     output_ids: list = field(default_factory=list)
     origin_input_ids: list = field(default_factory=lambda: [1, 2, 3])
     sampling_params: SimpleNamespace = field(
-        default_factory=lambda: SimpleNamespace(max_new_tokens=8)
+        default_factory=lambda: SimpleNamespace(max_new_tokens=8, custom_params=None)
     )
     time_stats: SimpleNamespace = field(
         default_factory=lambda: SimpleNamespace(wait_queue_entry_time=0.0)
     )
-    routing_key: str | None = None
 
 
 def waiting_rids(queue, priority_sign):

@@ -9,7 +9,10 @@ An ASGI middleware the launcher adds to SGLang's FastAPI app:
   ``AttributeError`` or ``TypeError`` on another one (``"response_format": 1``),
   which FastAPI answers with a 500; here that becomes a 400 naming the cause.
   Validation errors pydantic reports itself are left to SGLang's handler (its
-  400, its format). JSON nesting is bounded by the parser (orjson: 1024 levels).
+  400, its format). JSON nesting is bounded by the parser (orjson: 1024 levels);
+- a request's ``"slo"`` body field (``drift_sgl.door.slo``) becomes the
+  ``x-slo-*`` headers it stands for, where the request has no such header, so
+  that the tokenizer manager reads a request's SLO from one place.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import orjson
+
+from drift_sgl.door.checks import RequestRejected
+from drift_sgl.door.slo import BODY_FIELD, SLO_ROUTES, headers_from_body_field
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -84,6 +90,12 @@ class BodyCheckMiddleware:
             if problem is not None:
                 await _error(send, 400, problem)
                 return
+        if scope.get("path") in SLO_ROUTES and b'"%s"' % BODY_FIELD.encode() in body:
+            try:
+                scope = _with_slo_headers(scope, body)
+            except RequestRejected as err:
+                await _error(send, 400, str(err))
+                return
         await self.app(scope, _replay(body, receive), send)
 
     def _too_large(self, size: int) -> str:
@@ -108,6 +120,24 @@ def _validator_crash(model: type, body: bytes) -> str | None:
     except Exception as err:  # a validator that assumed a field's type
         return f"invalid request body: {type(err).__name__}: {err}"
     return None
+
+
+def _with_slo_headers(scope: Scope, body: bytes) -> Scope:
+    """``scope`` with the headers the body's SLO field stands for, where absent."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return scope  # SGLang's handler answers malformed JSON with its own 400
+    if not isinstance(parsed, dict) or parsed.get(BODY_FIELD) is None:
+        return scope
+    wanted = headers_from_body_field(parsed[BODY_FIELD])
+    present = {name.lower() for name, _ in scope.get("headers", ())}
+    added = [
+        (name.encode(), value.encode())
+        for name, value in wanted.items()
+        if name.encode() not in present
+    ]
+    return {**scope, "headers": [*scope.get("headers", ()), *added]} if added else scope
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -1,16 +1,17 @@
 """SLO targets: the server-wide default and per-request classes.
 
-A class is named by the request's routing key, a field SGLang already carries
-from HTTP to the scheduler: the ``x-smg-routing-key`` header on the OpenAI
-endpoints, ``"routing_key"`` in a ``/generate`` body. ``--drift-slo-classes``
+A request names a class, or states its targets, with the ``x-slo-class``,
+``x-slo-ttft-ms`` and ``x-slo-tpot-ms`` headers or an ``"slo"`` body field
+(``drift_sgl.door.slo`` carries them to the scheduler). ``--drift-slo-classes``
 maps names to targets, as inline JSON or a JSON file::
 
     {"interactive": {"ttft_ms": 500, "tpot_ms": 40}, "batch": {"ttft_ms": 30000}}
 
 A target a class leaves out is the server-wide one (``--drift-ttft-slo-ms``,
-``--drift-tpot-slo-ms``); a request without a class, or with a name no class
-has, gets the server-wide targets (an unknown name is logged once: a gateway
-may set routing keys for its own purposes, so it is not an error).
+``--drift-tpot-slo-ms``); a target the request states itself beats its class's.
+A request without a class gets the server-wide targets; the HTTP door refuses
+an unknown class name (400), so one only arrives from SGLang's Python
+``Engine``, which has no door: it gets the server-wide targets, logged once.
 """
 
 from __future__ import annotations
@@ -52,6 +53,17 @@ class SloTable:
             return self.default, True
         target = self.classes.get(name)
         return (self.default, False) if target is None else (target, True)
+
+    def resolve(
+        self, name: str | None, ttft_ms: float | None = None, tpot_ms: float | None = None
+    ) -> tuple[SloTarget, bool]:
+        """The targets a request states, else its class's; and whether the class is known."""
+        base, known = self.lookup(name)
+        target = SloTarget(
+            ttft_ms=base.ttft_ms if ttft_ms is None else ttft_ms,
+            tpot_ms=base.tpot_ms if tpot_ms is None else tpot_ms,
+        )
+        return target, known
 
 
 def parse_slo_classes(text: str, default: SloTarget) -> dict[str, SloTarget]:

@@ -1,7 +1,8 @@
 """What the planner sees of SGLang's requests: SLO targets, deadlines, prefix hits.
 
 Each request gets a ``RequestSlo`` the first time the scheduler looks at it:
-its targets (by class, see ``drift_sgl.policy.slo``), its TTFT deadline
+its targets (its own or its class's, carried from HTTP in its sampling
+parameters: ``drift_sgl.door.slo``; ``drift_sgl.policy.slo``), its TTFT deadline
 (counted from when it entered SGLang's waiting queue) and its prefix group.
 Prefix matches of waiting requests are refreshed once per completed prefill
 (only then can the radix tree have gained their prefix), not every step.
@@ -15,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from drift_sgl.door.slo import RequestedSlo
 from drift_sgl.policy.base import WaitingRequest
 from drift_sgl.policy.slo import SloTable
 
@@ -55,12 +57,14 @@ class SloView:
     def of(self, req: Any) -> RequestSlo:
         slo = getattr(req, "drift_slo", None)
         if slo is None:
-            name = getattr(req, "routing_key", None)
-            target, known = self.table.lookup(name)
+            asked = RequestedSlo.from_custom_params(req.sampling_params.custom_params)
+            asked = asked or RequestedSlo()
+            name = asked.slo_class
+            target, known = self.table.resolve(name, asked.ttft_ms, asked.tpot_ms)
             if not known and name not in self.unknown_classes:
                 self.unknown_classes.add(name)
                 logger.warning(
-                    "drift: request class %r is not in --drift-slo-classes; "
+                    "drift: SLO class %r is not in --drift-slo-classes; "
                     "using the server-wide targets",
                     name,
                 )
