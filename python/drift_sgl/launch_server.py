@@ -175,12 +175,14 @@ def _run(server_args: object, config: DriftConfig | None, max_request_mb: float)
     from sglang.srt.utils import kill_process_tree
 
     from drift_sgl.door.body import BodyCheckMiddleware
+    from drift_sgl.door.retry_after import RetryAfterMiddleware
     from drift_sgl.door.tokenizer_manager import DriftTokenizerManager
     from drift_sgl.entry import run_drift_scheduler_process
 
     load_plugins()
     # The door checks (drift_sgl.door) guard every model, multiplexed or not.
     app.add_middleware(BodyCheckMiddleware, max_bytes=int(max_request_mb * 2**20))
+    app.add_middleware(RetryAfterMiddleware)
     entry: dict[str, Any] = {
         "init_tokenizer_manager_func": functools.partial(
             init_tokenizer_manager,

@@ -6,6 +6,7 @@ The shared server runs the SLO planner with --drift-tpot-slo-ms 1,
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -49,7 +50,8 @@ def test_a_request_that_cannot_meet_its_ttft_is_shed_with_a_clear_reason(drift_s
             "slo": {"class": "doomed"},
         },
     )
-    assert resp.status_code == 503, resp.text
+    assert resp.status_code == 429, resp.text
+    assert resp.headers["retry-after"] == "1"
     assert "time-to-first-token target cannot be met" in resp.text
     assert "--drift-overload shed" in resp.text
     assert drift_state(drift_server)["counters"]["shed_requests"] == before + 1
@@ -57,8 +59,28 @@ def test_a_request_that_cannot_meet_its_ttft_is_shed_with_a_clear_reason(drift_s
 
 def test_shed_request_on_the_openai_api_gets_an_error_not_a_hang(drift_server):
     resp = chat_with_class(drift_server, "doomed")
-    assert resp.status_code == 503, resp.text
+    assert resp.status_code == 429, resp.text
+    assert resp.headers["retry-after"] == "1"
     assert "time-to-first-token target cannot be met" in resp.text
+
+
+def test_a_shed_stream_ends_with_an_error_event_coded_429(drift_server):
+    # SGLang's streams send their 200 before the first output; an abort after
+    # that (a shed) is an error event in SGLang's stream format.
+    body = chat_body([{"role": "user", "content": "Stream something."}], 8) | {"stream": True}
+    with requests.post(
+        drift_server.url + "/v1/chat/completions",
+        json=body,
+        headers=headers(drift_server) | {"x-slo-class": "doomed"},
+        timeout=60,
+        stream=True,
+    ) as resp:
+        text = resp.text
+    assert resp.status_code == 200, text
+    events = [line for line in text.splitlines() if line.startswith("data: ")]
+    error = json.loads(events[0].removeprefix("data: "))["error"]
+    assert error["code"] == 429, text
+    assert "time-to-first-token target cannot be met" in error["message"]
 
 
 def test_other_classes_are_served_and_the_gateways_routing_key_is_not_a_class(drift_server):
@@ -71,7 +93,7 @@ def test_other_classes_are_served_and_the_gateways_routing_key_is_not_a_class(dr
 def test_a_stated_ttft_beats_the_class_and_a_header_beats_the_body(drift_server):
     # The "relaxed" class would wait ten minutes; the request's own 1 us cannot be met.
     resp = chat_with_class(drift_server, "relaxed", extra={"x-slo-ttft-ms": "0.001"})
-    assert resp.status_code == 503, resp.text
+    assert resp.status_code == 429, resp.text
     assert "time-to-first-token target cannot be met" in resp.text
     resp = post(
         drift_server,
@@ -119,7 +141,7 @@ def test_shedding_loses_nothing_else_under_a_mixed_burst(drift_server):
             pool.submit(generate_ids, drift_server, "The quick brown fox", 12) for _ in range(4)
         ]
         convs = pool.submit(run_conversations, drift_server, 3, 3)
-        assert all(f.result().status_code == 503 for f in doomed)
+        assert all(f.result().status_code == 429 for f in doomed)
         assert all(f.result() == alone for f in served)
         assert all(len(conv) == 3 for conv in convs.result())
 

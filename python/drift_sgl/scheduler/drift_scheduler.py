@@ -397,7 +397,13 @@ class DriftScheduler(Scheduler):
         return int(req.prefix_len)
 
     def _shed(self, rids: tuple[str, ...]) -> None:
-        """End waiting requests that can no longer meet their TTFT (--drift-overload shed)."""
+        """End waiting requests that can no longer meet their TTFT (--drift-overload shed).
+
+        They get a 429 (``door.retry_after`` adds ``Retry-After``): the server is
+        healthy but full. SGLang's gateway retries a 429 on another worker and,
+        unlike a 503, does not count it toward the worker's circuit breaker
+        (docs/scale-out.md), so shedding never takes a healthy worker out.
+        """
         if not rids:
             return
         waiting = {req.rid: req for req in self.waiting_queue}
@@ -406,9 +412,9 @@ class DriftScheduler(Scheduler):
             message = (
                 "drift: request shed under overload: its time-to-first-token target cannot be "
                 f"met (deadline passed or predicted to pass by {slo.deadline_ms - now_ms():.0f}"
-                " ms from now); --drift-overload shed"
+                " ms from now); --drift-overload shed; retry later or on another server"
             )
-            self._abort_with(rid, message, HTTPStatus.SERVICE_UNAVAILABLE)
+            self._abort_with(rid, message, HTTPStatus.TOO_MANY_REQUESTS)
             self._mux_counters.shed_requests += 1
 
     def _abort_with(self, rid: str, message: str, status: HTTPStatus) -> None:
