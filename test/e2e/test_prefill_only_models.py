@@ -34,4 +34,4 @@ def test_the_launcher_says_sglang_serves_it(embedding_pair):
     log = drift.log_path.read_text(errors="replace")
     assert "is an embedding or reward model" in log
     assert "SGLang's own scheduler serves it" in log
-    assert "drift: partition backend" not in log  # no DriftScheduler started
+    assert "drift: serving with partition backend" not in log  # no DriftScheduler started

@@ -49,6 +49,7 @@ from drift_sgl.scheduler.failures import failure_message, is_fatal
 from drift_sgl.scheduler.faults import TestFaults
 from drift_sgl.scheduler.gang import PrefillGang
 from drift_sgl.scheduler.liveness import StallWatchdog
+from drift_sgl.scheduler.metrics import drift_metrics
 from drift_sgl.scheduler.report import drift_report
 from drift_sgl.scheduler.sglang_splits import (
     decode_graph_memory_gb,
@@ -63,6 +64,7 @@ from drift_sgl.scheduler.startup import (
     choose_partition,
     open_timeline,
     require_split_prefill,
+    startup_line,
 )
 
 logger = logging.getLogger(__name__)
@@ -122,7 +124,6 @@ class DriftScheduler(Scheduler):
             device_identity(self.device, self._partition.total_units, get_device().gpu_id),
         )
         self.latency_model = latency.model
-        logger.info("drift: latency model: %s", latency.reason)
         self._slo_view = SloView(config.slo_table())
         self._mux_policy = build_policy(config, self.latency_model)
         #: The planner admits requests itself; the layer-budget rule leaves it to SGLang.
@@ -141,15 +142,16 @@ class DriftScheduler(Scheduler):
         if self._faults != TestFaults():
             logger.warning("drift: test faults injected: %s", self._faults)
         self._timeline = open_timeline(config.timeline, self._partition, self.device)
+        #: drift's Prometheus series (None without --enable-metrics or off the stats rank).
+        self._metrics = drift_metrics(getattr(self, "metrics_collector", None))
         log = logger.warning if choice.fallback else logger.info
-        log("drift: partition backend %s [%s]", self._partition.describe(), choice.reason)
+        log(startup_line(config, self._partition, choice.reason, latency.reason))
         if self._sglang_splits:
             logger.info(
                 "drift: decode CUDA graphs for %d splits take %.2f GiB",
                 len(self._partition.splits),
                 self._graph_memory_gb,
             )
-        logger.info("drift: policy %s", self._mux_policy)
 
     # ------------------------------------------------------------ partitions
 
@@ -213,6 +215,8 @@ class DriftScheduler(Scheduler):
                 self._end_failed(gang.batch.reqs, "a prefill's results", err)
         if self._timeline is not None:
             self._timeline.end_step()
+        if self._metrics is not None:
+            self._metrics.publish_counters(self._mux_counters)
 
         # SGLang's abort, idle and memory checks read last_batch: point it at the
         # batch that holds KV beyond the running batch (the gang), else the decode.
@@ -312,6 +316,7 @@ class DriftScheduler(Scheduler):
         last step. With TP, rank 0's: every rank runs the same step, and ends the
         same stalled requests at the same point (the watchdog reads a clock)."""
         stalled, self._stalled = self._stalled, False
+        started = time.perf_counter()
         if self.tp_size == 1:
             decision = self._safe_decision()
         else:
@@ -321,6 +326,10 @@ class DriftScheduler(Scheduler):
                 [mine], group.ranks[group.rank_in_group], self.tp_cpu_group, src=group.ranks[0]
             )[0]
         self._previous_split = decision.split_index
+        if self._metrics is not None:
+            split = self._partition.splits[decision.split_index]
+            share = split.decode_units / (split.decode_units + split.prefill_units)
+            self._metrics.step(share, decision.prefill_layers, time.perf_counter() - started)
         return decision, stalled
 
     def _safe_decision(self) -> MuxDecision:
@@ -532,6 +541,7 @@ class DriftScheduler(Scheduler):
         """Launch the step's work in its partitions; returns whether prefill ran."""
         split = decision.split_index
         decode_result = None
+        decode_started = time.perf_counter()
         if decode_batch is not None:
             if self._sglang_splits:
                 select_split(self.tp_worker.model_runner, split)
@@ -563,6 +573,8 @@ class DriftScheduler(Scheduler):
                 self._end_failed(gang.batch.reqs, "a prefill layer block", err)
         if decode_batch is not None:
             self._partition.wait_decode(split)
+            if self._metrics is not None:
+                self._observe_decode(decode_batch, split, time.perf_counter() - decode_started)
             try:
                 self.process_batch_result(decode_batch, decode_result)
             except Exception as err:
@@ -573,6 +585,16 @@ class DriftScheduler(Scheduler):
             if decode_batch is not None:
                 self._mux_counters.mux_steps += 1
         return launch_prefill
+
+    def _observe_decode(self, batch: Any, split: int, seconds: float) -> None:
+        """The decode step's measured time beside the latency model's (metrics only)."""
+        kv_tokens = sum(len(r.origin_input_ids) + len(r.output_ids) for r in batch.reqs)
+        units = self._partition.splits[split].decode_units
+        try:
+            predicted = self.latency_model.decode_ms(batch.batch_size(), kv_tokens, units) / 1e3
+        except ValueError:  # outside the model's range (e.g. no decode units)
+            predicted = None
+        self._metrics.decode_step(predicted, seconds)
 
     def _prefill_communicator(self) -> AbstractContextManager[Any]:
         """With TP and concurrent phases, prefill's collectives go through SGLang's
@@ -626,6 +648,10 @@ class DriftScheduler(Scheduler):
         batch = gang.batch
         self.process_batch_result(batch, gang.result)
         self._mux_counters.gangs_merged += 1
+        if self._metrics is not None:
+            self._metrics.gang_merged(len(batch.reqs), time.monotonic() - gang.started_s)
+            for req in batch.reqs:
+                self._metrics.first_token(*self._slo_view.ttft_met(req))
         self._mux_counters.aborted_mid_prefill += sum(
             isinstance(req.finished_reason, FINISH_ABORT) for req in batch.reqs
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,8 @@ class PrefillGang:
     #: Runs block by block of layers (SGLang's SPLIT_PREFILL); False: the whole
     #: model in one ordinary extend (a batch that only prefills, see the scheduler).
     layer_split: bool = True
+    #: ``time.monotonic()`` when the gang started (its duration is a metric).
+    started_s: float = field(default_factory=time.monotonic)
 
     @property
     def layers_done(self) -> int:

@@ -42,6 +42,8 @@ class RequestSlo:
     deadline_ms: float
     tpot_ms: float | None
     group: int | None
+    #: The SLO class the request named (None: none).
+    slo_class: str | None = None
     prefix_tokens: int = 0
     #: Value of the scheduler's prefill counter when the prefix was last matched.
     matched_at: int = -1
@@ -75,9 +77,17 @@ class SloView:
                 deadline_ms=math.inf if target.ttft_ms is None else arrival + target.ttft_ms,
                 tpot_ms=target.tpot_ms,
                 group=hash(tuple(ids[:GROUP_TOKENS])) if len(ids) >= GROUP_TOKENS else None,
+                slo_class=name,
             )
             req.drift_slo = slo
         return slo
+
+    def ttft_met(self, req: Any) -> tuple[str | None, bool | None]:
+        """The request's class, and whether its first token, produced now, met
+        its TTFT deadline (None: it has no TTFT target)."""
+        slo = self.of(req)
+        met = None if math.isinf(slo.deadline_ms) else now_ms() <= slo.deadline_ms
+        return slo.slo_class, met
 
     def tightest_tpot(self, reqs: list[Any]) -> float | None:
         targets = [t for t in (self.of(r).tpot_ms for r in reqs) if t is not None]

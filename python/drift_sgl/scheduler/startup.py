@@ -71,3 +71,24 @@ def require_split_prefill(model: object) -> None:
             "(forward_split_prefill); drift serves Llama, Qwen, Gemma, GLM-4 and other "
             "architectures that SGLang can split by layers"
         )
+
+
+def startup_line(
+    config: DriftConfig, backend: PartitionBackend, backend_reason: str, latency_reason: str
+) -> str:
+    """The one log line that says what this scheduler runs with."""
+    if config.policy == "slo":
+        table = config.slo_table()
+        targets = f"TTFT {_ms(table.default.ttft_ms)}, TPOT {_ms(table.default.tpot_ms)}"
+        policy = f"slo (targets {targets}; {len(table.classes)} SLO classes; "
+        policy += f"overload {config.overload})"
+    else:
+        policy = f"{config.policy} ({config.layer_budget_tokens} token-layers per step)"
+    return (
+        f"drift: serving with partition backend {backend.describe()} [{backend_reason}]; "
+        f"policy {policy}; latency model: {latency_reason}"
+    )
+
+
+def _ms(value: float | None) -> str:
+    return "none" if value is None else f"{value:g} ms"
