@@ -13,7 +13,7 @@ LINT_PATHS := python test bench sgl-kernel-ext
 setup:
 	python3 -m pip install --quiet uv
 	$(UV) venv $(VENV) --python python3.11 --allow-existing
-	$(UV) pip install --python $(PY) -e '.[test,plot,bench]'
+	$(UV) pip install --python $(PY) -e '.[test,plot,bench,cluster]'
 	$(PY) -m drift_sgl.cpu.stub
 
 lint:

@@ -128,11 +128,11 @@ def omp_threads_bind(num_ranks: int, cpus: list[int]) -> str | None:
     cpus = sorted(cpus)
     per_rank = len(cpus) // num_ranks
     groups = [cpus[i * per_rank : (i + 1) * per_rank] for i in range(num_ranks)]
-    return "|".join(_cpu_list(group) for group in groups)
+    return "|".join(cpu_list(group) for group in groups)
 
 
-def _cpu_list(cpus: list[int]) -> str:
-    # SGLang's own examples use ranges ("0-15"); fall back to a comma list.
+def cpu_list(cpus: list[int]) -> str:
+    """``0-3`` for a run of cores, else ``0,2,5`` (SGLang's own examples use ranges)."""
     if len(cpus) == 1:
         return str(cpus[0])
     if cpus == list(range(cpus[0], cpus[-1] + 1)):

@@ -40,12 +40,15 @@ class ServerProcess:
         log_path: Path,
         env: Mapping[str, str] | None = None,
         api_key: str | None = None,
+        health_path: str = "/health",
     ) -> None:
         self.args = list(args)
         self.port = port
         self.log_path = Path(log_path)
         self.env = dict(os.environ if env is None else env)
         self.api_key = api_key
+        #: The route that answers 200 once the server serves (a gateway: /readiness).
+        self.health_path = health_path
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -53,7 +56,12 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 300.0) -> ServerProcess:
-        """Start the command and block until ``/health`` answers 200."""
+        """Start the command and block until its health route answers 200."""
+        self.spawn()
+        return self.wait_ready(timeout_s)
+
+    def spawn(self) -> ServerProcess:
+        """Start the command in its own process group; do not wait."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
             try:
@@ -67,6 +75,11 @@ class ServerProcess:
                 )
             except OSError as err:
                 raise ServerStartError(f"cannot start {self.args[0]!r}: {err}") from err
+        return self
+
+    def wait_ready(self, timeout_s: float = 300.0) -> ServerProcess:
+        """Block until the health route answers 200; stop the server if it never does."""
+        assert self.proc is not None, "spawn() first"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -82,7 +95,7 @@ class ServerProcess:
         )
 
     def _healthy(self) -> bool:
-        request = urllib.request.Request(self.url + "/health")
+        request = urllib.request.Request(self.url + self.health_path)
         if self.api_key:
             request.add_header("Authorization", f"Bearer {self.api_key}")
         try:
