@@ -8,7 +8,7 @@ ARGS   ?=
 TINY_MODEL_DIR ?= models/tiny-llama
 LINT_PATHS := python test bench sgl-kernel-ext
 
-.PHONY: setup test lint format serve tiny-model ext clean
+.PHONY: setup test lint format serve serve-cluster tiny-model ext clean
 
 setup:
 	python3 -m pip install --quiet uv
@@ -46,6 +46,13 @@ else
 serve:
 	$(PY) -m drift_sgl.launch_server --model-path $(MODEL) --port $(PORT) $(ARGS)
 endif
+
+# Two drift workers behind SGLang's gateway (docs/scale-out.md); WORKERS=N, PORT=... (the gateway's).
+WORKERS ?= 2
+serve-cluster: tiny-model
+	$(PY) -m drift_sgl.launch_cluster --workers $(WORKERS) --port $(PORT) \
+		--model-path $(if $(strip $(MODEL)),$(MODEL),$(TINY_MODEL_DIR)) \
+		$(if $(strip $(MODEL)),,--max-total-tokens 8192) $(ARGS)
 
 clean:
 	rm -rf test-logs .pytest_cache .ruff_cache
