@@ -9,6 +9,7 @@ unchanged process entry.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from drift_sgl.config import DriftConfig
@@ -18,6 +19,10 @@ SCHEDULER_TARGET = "sglang.srt.managers.scheduler.Scheduler"
 
 def run_drift_scheduler_process(drift_config: DriftConfig, *args: Any, **kwargs: Any) -> Any:
     """Install DriftScheduler in this process, then run SGLang's scheduler entry."""
+    if os.environ.get("SGLANG_USE_CPU_ENGINE") == "1":
+        from drift_sgl.cpu.environment import quiet_cpu_import_noise
+
+        quiet_cpu_import_noise()  # before the model registry imports its modules
     from sglang.srt.managers import scheduler as sglang_scheduler
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 

@@ -108,13 +108,18 @@ def prepare_sglang_args(sglang_argv: list[str], partition: str = "time-mux") -> 
     """
     device = resolve_device(sglang_argv)
     if device == "cpu":
-        from drift_sgl.cpu.environment import model_path_is_local, prepare_cpu_environment
+        from drift_sgl.cpu.environment import (
+            model_path_is_local,
+            prepare_cpu_environment,
+            quiet_cpu_import_noise,
+        )
         from drift_sgl.cpu.stub import StubBuildError
 
         try:
             env = prepare_cpu_environment(os.environ, offline=model_path_is_local(sglang_argv))
         except StubBuildError as err:
             raise DriftConfigError("--device cpu", str(err)) from None
+        quiet_cpu_import_noise()
         logger.info("drift: %s", env.describe())
 
     from sglang.srt.server_args import prepare_server_args

@@ -55,3 +55,10 @@ def test_the_start_up_log_says_what_runs_in_one_line(drift_server):
     assert "policy slo (targets TTFT none, TPOT 1 ms; 2 SLO classes; overload shed)" in lines[0]
     assert "latency model: no --drift-profile: quick CPU calibration" in lines[0]
     assert "LatencyModel(" not in log  # no repr of the whole model
+
+
+def test_sglangs_cpu_import_noise_stays_out_of_the_log(drift_server):
+    log = drift_server.log_path.read_text(errors="replace")
+    assert "Only CUDA" not in log and "Triton is not supported" not in log
+    noise = [line for line in log.splitlines() if "Ignore import error when loading" in line]
+    assert not [line for line in noise if "sgl_kernel" in line], noise[:3]

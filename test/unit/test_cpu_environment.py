@@ -1,6 +1,7 @@
 """The libcuda.so.1 stand-in and the CPU environment SGLang needs."""
 
 import ctypes
+import logging
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from drift_sgl.cpu import stub
 from drift_sgl.cpu.environment import (
     model_path_is_local,
     prepare_cpu_environment,
+    quiet_cpu_import_noise,
     requested_device,
     server_process_env,
 )
@@ -196,3 +198,26 @@ def test_omp_threads_bind_gives_each_rank_its_cores():
     assert omp_threads_bind(2, [0, 2, 4, 6]) == "0,2|4,6"
     assert omp_threads_bind(1, [0, 1]) is None
     assert omp_threads_bind(4, [0, 1]) is None
+
+
+def test_prepare_quiets_sglangs_cpu_import_warnings_unless_the_user_set_their_own(stub_dir):
+    env = {"DRIFT_SGL_STUB_DIR": str(stub_dir)}
+    prepare_cpu_environment(env, offline=False, preload=False)
+    assert "ignore:Only CUDA:UserWarning" in env["PYTHONWARNINGS"].split(",")
+    mine = {"DRIFT_SGL_STUB_DIR": str(stub_dir), "PYTHONWARNINGS": "error"}
+    prepare_cpu_environment(mine, offline=False, preload=False)
+    assert mine["PYTHONWARNINGS"] == "error"
+
+
+def test_the_registry_loses_only_its_cpu_kernel_import_noise(caplog):
+    quiet_cpu_import_noise()
+    quiet_cpu_import_noise()  # idempotent
+    registry = logging.getLogger("sglang.srt.models.registry")
+    with caplog.at_level(logging.WARNING, logger="sglang.srt.models.registry"):
+        registry.warning(
+            "Ignore import error when loading sglang.srt.models.qwen4_exp: "
+            "'_OpNamespace' 'sgl_kernel' object has no attribute 'fused_sigmoid_mul_cpu'"
+        )
+        registry.warning("Ignore import error when loading sglang.srt.models.x: No module named y")
+    kept = [record.getMessage() for record in caplog.records]
+    assert len(kept) == 1 and kept[0].endswith("No module named y"), kept

@@ -7,7 +7,9 @@ variables at import time. Spawned SGLang processes inherit the environment.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
+import warnings
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,14 @@ CPU_ENV_DEFAULTS = {
     # The Rust radix-tree core links a specific libtorch; the Python core is safe.
     "SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND": "python",
 }
+
+#: Python warnings SGLang's import path raises in every process on a CPU:
+#: GPU-only features (AWQ, GGUF, Triton kernels) saying they are off. Filtered
+#: in spawned processes through ``PYTHONWARNINGS`` (unless the user set it).
+CPU_IMPORT_WARNINGS = ("ignore:Only CUDA:UserWarning", "ignore:Triton is not supported:UserWarning")
+#: SGLang's model registry logs one warning per model module whose import
+#: needs a kernel the CPU build of sgl_kernel lacks; this names that case.
+_CPU_KERNEL_IMPORT_ERROR = "'sgl_kernel' object has no attribute"
 
 #: Plain SGLang's arguments for a CPU, as drift's launcher fills them in for
 #: itself (server_args_check._complete_cpu): a benchmark or a test that
@@ -96,6 +106,7 @@ def prepare_cpu_environment(
     wanted = dict(CPU_ENV_DEFAULTS)
     if offline:
         wanted.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    wanted["PYTHONWARNINGS"] = ",".join(CPU_IMPORT_WARNINGS)
     applied = {}
     for key, value in wanted.items():
         env.setdefault(key, value)
@@ -138,3 +149,30 @@ def cpu_list(cpus: list[int]) -> str:
     if cpus == list(range(cpus[0], cpus[-1] + 1)):
         return f"{cpus[0]}-{cpus[-1]}"
     return ",".join(str(c) for c in cpus)
+
+
+class _CpuKernelImportNoise(logging.Filter):
+    """Drops the model registry's "Ignore import error when loading ..." lines
+    caused by a kernel missing from the CPU build; other import errors pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (
+            message.startswith("Ignore import error when loading")
+            and _CPU_KERNEL_IMPORT_ERROR in message
+        )
+
+
+def quiet_cpu_import_noise() -> None:
+    """Keep SGLang's CPU import noise out of this process's log (docs/cpu.md).
+
+    Spawned processes get the warning filters from ``PYTHONWARNINGS``; the
+    registry's log filter is per process, so each process that loads models
+    calls this (the launcher, and each scheduler process on a CPU).
+    """
+    for rule in CPU_IMPORT_WARNINGS:
+        _, message, _ = rule.split(":")
+        warnings.filterwarnings("ignore", message=message, category=UserWarning)
+    registry = logging.getLogger("sglang.srt.models.registry")
+    if not any(isinstance(f, _CpuKernelImportNoise) for f in registry.filters):
+        registry.addFilter(_CpuKernelImportNoise())
