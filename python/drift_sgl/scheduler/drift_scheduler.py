@@ -650,8 +650,11 @@ class DriftScheduler(Scheduler):
         self._mux_counters.gangs_merged += 1
         if self._metrics is not None:
             self._metrics.gang_merged(len(batch.reqs), time.monotonic() - gang.started_s)
-            for req in batch.reqs:
-                self._metrics.first_token(*self._slo_view.ttft_met(req))
+            for req in batch.reqs:  # a chunk that is not the prompt's last has no token yet
+                if req is not batch.chunked_req and not isinstance(
+                    req.finished_reason, FINISH_ABORT
+                ):
+                    self._metrics.first_token(*self._slo_view.ttft_met(req))
         self._mux_counters.aborted_mid_prefill += sum(
             isinstance(req.finished_reason, FINISH_ABORT) for req in batch.reqs
         )
