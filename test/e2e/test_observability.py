@@ -61,4 +61,4 @@ def test_sglangs_cpu_import_noise_stays_out_of_the_log(drift_server):
     log = drift_server.log_path.read_text(errors="replace")
     assert "Only CUDA" not in log and "Triton is not supported" not in log
     noise = [line for line in log.splitlines() if "Ignore import error when loading" in line]
-    assert not [line for line in noise if "sgl_kernel" in line], noise[:3]
+    assert not noise, noise[:3]  # every such line of the tiny model's run has a CPU cause

@@ -30,8 +30,9 @@ CPU_ENV_DEFAULTS = {
 #: in spawned processes through ``PYTHONWARNINGS`` (unless the user set it).
 CPU_IMPORT_WARNINGS = ("ignore:Only CUDA:UserWarning", "ignore:Triton is not supported:UserWarning")
 #: SGLang's model registry logs one warning per model module whose import
-#: needs a kernel the CPU build of sgl_kernel lacks; this names that case.
-_CPU_KERNEL_IMPORT_ERROR = "'sgl_kernel' object has no attribute"
+#: needs a kernel the CPU build lacks: an op missing from sgl_kernel, or a
+#: name missing from one of SGLang's own kernel layers.
+_CPU_KERNEL_IMPORT_ERRORS = ("'sgl_kernel' object has no attribute", "from 'sglang.srt.layers.")
 
 #: Plain SGLang's arguments for a CPU, as drift's launcher fills them in for
 #: itself (server_args_check._complete_cpu): a benchmark or a test that
@@ -159,7 +160,7 @@ class _CpuKernelImportNoise(logging.Filter):
         message = record.getMessage()
         return not (
             message.startswith("Ignore import error when loading")
-            and _CPU_KERNEL_IMPORT_ERROR in message
+            and any(cause in message for cause in _CPU_KERNEL_IMPORT_ERRORS)
         )
 
 
