@@ -58,52 +58,44 @@ class DriftMetrics:
             registry=registry,
             multiprocess_mode="mostrecent",
         ).labels(**self.labels)
-        self._prefill_layers = Histogram(
+
+        def histogram(name: str, documentation: str, buckets: tuple) -> Any:
+            return Histogram(
+                name, documentation, labelnames=names, registry=registry, buckets=buckets
+            ).labels(**self.labels)
+
+        self._prefill_layers = histogram(
             "drift:prefill_layers_per_step",
             "Transformer layers of prefill launched in a step that ran prefill.",
-            labelnames=names,
-            registry=registry,
-            buckets=_LAYERS,
-        ).labels(**self.labels)
-        self._gang_requests = Histogram(
+            _LAYERS,
+        )
+        self._gang_requests = histogram(
             "drift:gang_requests",
             "Requests of a prefill gang, counted when it merges into decode.",
-            labelnames=names,
-            registry=registry,
-            buckets=_REQUESTS,
-        ).labels(**self.labels)
-        self._gang_seconds = Histogram(
+            _REQUESTS,
+        )
+        self._gang_seconds = histogram(
             "drift:gang_duration_seconds",
             "Time from a gang's start to its merge into decode.",
-            labelnames=names,
-            registry=registry,
-            buckets=_SECONDS,
-        ).labels(**self.labels)
-        self._planner_seconds = Histogram(
-            "drift:planner_decision_seconds",
-            "Time the policy took to decide one step.",
-            labelnames=names,
-            registry=registry,
-            buckets=_SECONDS,
-        ).labels(**self.labels)
-        self._decode_predicted = Histogram(
+            _SECONDS,
+        )
+        self._planner_seconds = histogram(
+            "drift:planner_decision_seconds", "Time the policy took to decide one step.", _SECONDS
+        )
+        self._decode_predicted = histogram(
             "drift:decode_step_predicted_seconds",
             "The latency model's time for the decode step it ran (at the chosen split).",
-            labelnames=names,
-            registry=registry,
-            buckets=_SECONDS,
-        ).labels(**self.labels)
-        self._decode_measured = Histogram(
+            _SECONDS,
+        )
+        self._decode_measured = histogram(
             "drift:decode_step_seconds",
             "Measured time of a decode step (launch to results).",
-            labelnames=names,
-            registry=registry,
-            buckets=_SECONDS,
-        ).labels(**self.labels)
+            _SECONDS,
+        )
         self._ttft = Counter(
             "drift:ttft_slo_requests",
-            "Requests whose prefill completed, by SLO class and whether the scheduler "
-            "produced their first token by their TTFT deadline (met: yes/no/none).",
+            "Requests that got their first token, by SLO class and whether the scheduler "
+            "produced it by their TTFT deadline (met: yes/no/none).",
             labelnames=[*names, "slo_class", "met"],
             registry=registry,
         )
