@@ -58,7 +58,7 @@ WORKLOAD_KEYS = {
     "client": "openai",
     "timeout_s": 300.0,
 }
-SYSTEM_KEYS = {"name", "command", "args", "env"}
+SYSTEM_KEYS = {"name", "command", "args", "env", "ready_path"}
 
 
 class ConfigError(ValueError):
@@ -104,6 +104,7 @@ def load_config(path: Path) -> dict[str, Any]:
         names.add(system["name"])
         system.setdefault("args", [])
         system.setdefault("env", {})
+        system.setdefault("ready_path", "/health")
     return {"workload": workload, "server": server, "systems": systems}
 
 
@@ -150,7 +151,12 @@ def bench_system(
     api_key = os.environ.get("OPENAI_API_KEY")
     log = logs / "logs" / f"{system['name']}.log"
     server = ServerProcess(
-        command, port, log, env=server_process_env(system["env"]), api_key=api_key
+        command,
+        port,
+        log,
+        env=server_process_env(system["env"]),
+        api_key=api_key,
+        health_path=system["ready_path"],
     )
     name = system["name"]
     print(f"goodput: {name}: starting {shlex.join(command)}", file=sys.stderr, flush=True)
@@ -202,7 +208,7 @@ def bench_system(
     except ServerStartError as err:
         return {"command": command, "error": str(err)}
     finally:
-        server.stop()
+        server.stop(grace_s=30)  # a cluster launcher stops its workers first
         running.remove(server)
     return {
         "command": command,

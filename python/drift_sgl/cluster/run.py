@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between checks that every process is still alive.
 SUPERVISE_INTERVAL_S = 2.0
+#: Seconds a worker has to exit after SIGTERM before it is killed: the whole
+#: cluster then stops within about 15 s, the grace most supervisors give.
+WORKER_GRACE_S = 10.0
 
 
 @dataclass
@@ -67,9 +70,9 @@ class Cluster:
     def stop(self) -> None:
         """Gateway first (no new requests reach a stopping worker), then the
         workers, all at once (each may take its grace period)."""
-        self.gateway.stop(grace_s=5.0)
+        self.gateway.stop(grace_s=3.0)
         with ThreadPoolExecutor(max(1, len(self.workers))) as pool:
-            list(pool.map(ServerProcess.stop, self.workers))
+            list(pool.map(lambda worker: worker.stop(grace_s=WORKER_GRACE_S), self.workers))
 
 
 def worker_processes(
