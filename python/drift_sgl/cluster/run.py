@@ -80,6 +80,8 @@ def worker_processes(
 ) -> list[ServerProcess]:
     """The workers, not started: each pinned to its share, logging to its own file."""
     taskset = shutil.which("taskset")
+    if taskset is None and any(place.cpus for place in placements):
+        logger.warning("cluster: no `taskset` here: the CPU workers share every core")
     processes = []
     for index, (port, place) in enumerate(zip(spec.worker_ports, placements, strict=True)):
         command = worker_command(spec, index, device)
