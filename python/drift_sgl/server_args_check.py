@@ -114,6 +114,13 @@ _INCOMPATIBLE = (
         "runs that way, so the field would come back empty",
     ),
     _Incompatible(
+        "tokenizer_worker_num",
+        "--tokenizer-worker-num",
+        lambda v: v is not None and v > 1,
+        "drift checks every request (token ids, counts, SLO headers) in the main process's "
+        "tokenizer manager, which SGLang's separate tokenizer workers bypass; use one",
+    ),
+    _Incompatible(
         "enable_hisparse",
         "--enable-hisparse",
         bool,

@@ -183,6 +183,7 @@ def test_prefill_chunk_tokens_is_no_flag():
         (["--speculative-algorithm", "EAGLE"], "--speculative-algorithm"),
         (["--enable-pd-role-switch"], "--enable-pd-role-switch"),
         (["--enable-hisparse"], "--enable-hisparse"),
+        (["--tokenizer-worker-num", "2"], "--tokenizer-worker-num"),
         (["--enable-lora"], "--enable-lora"),
         (["--lora-paths", "a=/tmp/lora"], "--lora-paths"),
         (["--enable-return-routed-experts"], "--enable-return-routed-experts"),
