@@ -34,10 +34,10 @@ from drift_sgl.door.checks import RequestRejected
 HEADER_TTFT = "x-slo-ttft-ms"
 HEADER_TPOT = "x-slo-tpot-ms"
 HEADER_CLASS = "x-slo-class"
-#: The body field, and its keys -> the header each one stands for.
-BODY_FIELD = "slo"
 #: Routes whose body may carry the field.
 SLO_ROUTES = frozenset({"/generate", "/v1/completions", "/v1/chat/completions"})
+#: The body field, and its keys -> the header each one stands for.
+BODY_FIELD = "slo"
 BODY_KEYS = {"ttft_ms": HEADER_TTFT, "tpot_ms": HEADER_TPOT, "class": HEADER_CLASS}
 #: Key of ``sampling_params.custom_params`` that carries the targets.
 CARRIER_KEY = "__drift_slo"
