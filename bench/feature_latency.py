@@ -6,11 +6,14 @@ Starts a drift server and a plain SGLang server on the same model (the tiny
 random Llama unless ``--model-path``; on a machine without an NVIDIA driver
 both run on the CPU with the settings drift fills in), then sends each request
 of ``REQUESTS`` to one server and then the other, ``--rounds`` times,
-interleaved, so that both see the same machine. Round 0 compiles the grammars
-and is reported apart (``first_ms``); later rounds give the median. Prints one
-JSON object: per request kind and system the latencies, whether the answers
-were equal, and drift's median over SGLang's. Exit status 1 when a server does
-not start or an answer differs.
+interleaved (the order flips every round), so that both see the same machine.
+Both get the same KV pool (``--max-total-tokens``): sized from free memory, the
+server started first would take most of it, and on a CPU the pool size alone
+moved these latencies by up to 2x. Round 0 compiles the grammars and is
+reported apart (``first_ms``); later rounds give the median. Prints one JSON
+object: per request kind and system the latencies, whether the answers were
+equal, and drift's median over SGLang's. Exit status 1 when a server does not
+start or an answer differs.
 """
 
 from __future__ import annotations
@@ -91,10 +94,15 @@ def timed(server: ServerProcess, route: str, body: dict) -> tuple[float, Any]:
 def measure(servers: dict[str, ServerProcess], rounds: int) -> dict[str, Any]:
     times: dict[str, dict[str, list[float]]] = {k: {s: [] for s in servers} for k in REQUESTS}
     equal = {kind: True for kind in REQUESTS}
-    for _ in range(rounds):
+    for round_index in range(rounds):
+        # Whoever goes second finds the machine warmer (caches, the other
+        # server just gone idle): flip the order so neither always gets it.
+        order = list(servers.items())
+        if round_index % 2:
+            order.reverse()
         for kind, (route, body) in REQUESTS.items():
             answers = []
-            for name, server in servers.items():
+            for name, server in order:
                 elapsed_ms, answer = timed(server, route, body)
                 times[kind][name].append(elapsed_ms)
                 answers.append(answer)
@@ -115,19 +123,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-path", type=Path, help="default: the tiny random Llama")
     parser.add_argument("--rounds", type=int, default=7, help="round 0 warms up (default 7)")
+    parser.add_argument(
+        "--max-total-tokens",
+        type=int,
+        default=100_000,
+        help="KV pool of each server, the same for both (default 100000)",
+    )
     parser.add_argument("--json", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
     if args.rounds < 2:
         parser.error("--rounds must be >= 2")
     work = Path(tempfile.mkdtemp(prefix="feature-latency-"))
-    model, common = args.model_path, ()
+    model = args.model_path
+    common: tuple[str, ...] = ("--max-total-tokens", str(args.max_total_tokens))
     if model is None:
         from drift_sgl.tools.tiny_model import write_tiny_model
 
         model = write_tiny_model(work / "tiny-llama")
         # As in the tests: SGLang's float16 default is slow on a CPU, and its
         # rounding turns the random model's near-ties into greedy flips.
-        common = ("--dtype", "float32")
+        common += ("--dtype", "float32")
     servers: dict[str, ServerProcess] = {}
     try:
         servers["drift"] = start_local_server(
@@ -139,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         report = {
             "model": str(model),
             "rounds": args.rounds,
+            "max_total_tokens": args.max_total_tokens,
             "requests": measure(servers, args.rounds),
         }
     except ServerStartError as err:
