@@ -38,6 +38,8 @@ COMPARED = (
     "throughput_tok_s",
     "ttft_p50_ms",
     "ttft_p99_ms",
+    "tbt_p50_ms",
+    "tbt_p99_ms",
     "tpot_p50_ms",
     "tpot_p99_ms",
     "prefix_hit_rate",

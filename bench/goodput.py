@@ -257,7 +257,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     panels = (
         ("slo_attainment", "SLO attainment", w["attainment"]),
         ("ttft_p99_ms", "TTFT p99 (ms)", w["ttft_slo_ms"]),
-        ("tpot_p99_ms", "TPOT p99 (ms)", w["tpot_slo_ms"]),
+        ("tbt_p99_ms", "TBT p99 (ms): per request, P99 gap between tokens", w["tpot_slo_ms"]),
     )
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for name, system in report["systems"].items():

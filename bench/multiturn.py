@@ -13,7 +13,7 @@ program (``sgl.function`` on a ``RuntimeEndpoint``) per turn.
 
 Prints a progress bar and a one-line summary on stderr and the JSON report
 on stdout (and to ``--json``): ``goodput_rps``, ``slo_attainment``,
-``throughput_tok_s``, ``ttft_p99_ms``, ``tpot_p99_ms``, ``prefix_hit_rate``
+``throughput_tok_s``, ``ttft_p99_ms``, ``tbt_p99_ms``, ``prefix_hit_rate``
 and more, with the simulator's definitions (``drift_sgl.sim.metrics``);
 ``--per-turn`` adds a row per turn. Bad input: one line on stderr, exit 2;
 a server that cannot be reached: exit 1.
@@ -128,7 +128,7 @@ def summary_line(report: dict[str, Any]) -> str:
         f"multiturn: {report['requests']} requests ({report['failed_requests']} failed),"
         f" goodput {report['goodput_rps']:.3f} req/s, SLO attainment"
         f" {report['slo_attainment']:.1%}, {report['throughput_tok_s']:.1f} tok/s,"
-        f" TTFT p99 {ms(report['ttft_p99_ms'])}, TPOT p99 {ms(report['tpot_p99_ms'])},"
+        f" TTFT p99 {ms(report['ttft_p99_ms'])}, TBT p99 {ms(report['tbt_p99_ms'])},"
         f" prefix hits {'n/a' if hits is None else f'{hits:.1%}'}"
     )
 

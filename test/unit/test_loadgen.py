@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -284,6 +285,8 @@ def test_report_counts_failures_as_missed_slos():
     assert report["good_requests"] == 1 and report["slo_attainment"] == pytest.approx(0.25)
     assert report["ttft_attainment"] == pytest.approx(0.5)
     assert report["tpot_attainment"] == pytest.approx(0.5)
+    assert report["tbt_attainment"] == pytest.approx(0.5)
+    assert report["mean_tpot_slo_attainment"] == pytest.approx(0.25)
     assert report["prefix_hit_rate"] == pytest.approx(150 / 300)
     # Span: first send (a, 0.0) to last token (b: 0.5 + 0.9 + 10 * 0.01 = 1.5 s).
     assert report["duration_s"] == pytest.approx(1.5)
@@ -293,6 +296,18 @@ def test_report_counts_failures_as_missed_slos():
     assert [row["error"] for row in turn_rows(ReplayResult(outcomes, 5, 2.0))][
         -1
     ] == "HTTP 503: shed"
+
+
+def test_report_judges_each_turn_by_its_worst_gaps_not_its_mean():
+    steady = outcome("a", 0.0, 0.1, 0.01, 21)
+    # One 150 ms stall in 20 gaps: mean TPOT (17 ms) meets 20 ms, the P99 gap does not.
+    times = steady.answer.token_times_s
+    stalled_times = (*times[:10], *(t + 0.14 for t in times[10:]))
+    stalled = TurnOutcome("b", 0, 21, replace(steady.answer, token_times_s=stalled_times))
+    report = summarize_replay(ReplayResult((steady, stalled), 2, 1.0), 500, 20)
+    assert report["tpot_attainment"] == 1.0 and report["mean_tpot_slo_attainment"] == 1.0
+    assert report["tbt_attainment"] == 0.5 and report["slo_attainment"] == 0.5
+    assert report["tbt_p99_ms"] > 100
 
 
 def test_report_without_cache_figures_or_answers():

@@ -15,6 +15,7 @@ from drift_sgl.rate_search import find_goodput
 from drift_sgl.sim import cli
 from drift_sgl.sim.cache import CapacityError, RadixCache
 from drift_sgl.sim.driver import simulate
+from drift_sgl.sim.engine import DecodeBatch, Request, RequestRecord
 from drift_sgl.sim.metrics import summarize
 from drift_sgl.sim.policies.mux import drift_splits, pdmux_splits
 from drift_sgl.sim.trace import Turn, write_trace
@@ -229,6 +230,45 @@ def test_drift_keeps_tpot_where_prefill_first_does_not(latency, mux_loop):
     assert drift.tpot_p99_ms <= TPOT < sglang.tpot_p99_ms
 
 
+def test_a_requests_gaps_come_from_the_steps_it_took_part_in():
+    batch = DecodeBatch()
+    req = Request("r", "s", 0, (("s:i0", 10),), ("s:o0", 5), 10, 5, 0.0, 100.0, None)
+    batch.step(5.0)  # before it joins: not one of its gaps
+    req.first_token_ms = 10.0
+    batch.join(req)
+    done = [r for end in (20.0, 30.0, 100.0, 110.0) for r in batch.step(end)]
+    assert done == [req] and req.last_token_ms == 110.0
+    assert batch.gaps_ms(req) == [10.0, 10.0, 70.0, 10.0]
+    # One 70 ms stall in four gaps: the P99 sees it, the mean (25 ms) does not.
+    assert req.tbt_p99_ms == pytest.approx(10.0 + 60.0 * 0.97)
+
+
+def record(ttft_ms, first_ms, last_ms, tokens, tbt_p99_ms):
+    return RequestRecord("r", 0.0, ttft_ms, last_ms, 10, 0, tokens, tokens - 1, "x", tbt_p99_ms)
+
+
+def test_a_good_request_meets_ttft_and_its_p99_gap_not_just_its_mean():
+    stalled = record(100.0, 100.0, 500.0, 11, tbt_p99_ms=300.0)  # mean TPOT 40 ms
+    steady = record(100.0, 100.0, 500.0, 11, tbt_p99_ms=45.0)
+    one_token = record(100.0, 100.0, 100.0, 1, tbt_p99_ms=None)
+    s = summarize([stalled, steady, one_token], ttft_slo_ms=200, tpot_slo_ms=50, gpus=1)
+    assert s.good_requests == 2 and s.slo_attainment == pytest.approx(2 / 3)
+    assert s.tbt_attainment == pytest.approx(2 / 3)
+    assert s.tpot_attainment == 1.0 and s.mean_tpot_slo_attainment == 1.0
+    assert s.tbt_p99_ms > 250 and s.tpot_p99_ms == pytest.approx(40.0)
+
+
+def test_prefill_first_stalls_streams_that_its_mean_tpot_hides(latency):
+    turns = bursty()
+    sglang = summarize(run(latency, turns, "sglang", ttft=20_000).records, 20_000, TPOT, 1)
+    drift = summarize(run(latency, turns, "drift", ttft=20_000).records, 20_000, TPOT, 1)
+    # A burst's prefill steps stall every running stream: the P99 gap sees it.
+    assert sglang.tbt_p99_ms > 2 * sglang.tpot_p99_ms
+    assert sglang.tbt_attainment < sglang.tpot_attainment
+    assert drift.tbt_p99_ms < sglang.tbt_p99_ms
+    assert drift.slo_attainment > sglang.slo_attainment
+
+
 # ---------------------------------------------------------------- CLI
 
 
@@ -295,10 +335,14 @@ KEYS = (
     "goodput_rps_per_gpu",
     "slo_attainment",
     "ttft_attainment",
+    "tbt_attainment",
     "tpot_attainment",
+    "mean_tpot_slo_attainment",
     "throughput_tok_s",
     "ttft_p50_ms",
     "ttft_p99_ms",
+    "tbt_p50_ms",
+    "tbt_p99_ms",
     "tpot_p50_ms",
     "tpot_p99_ms",
     "prefix_hit_rate",

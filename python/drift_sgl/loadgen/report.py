@@ -3,9 +3,11 @@
 Answered turns become the simulator's ``RequestRecord``s, so goodput, SLO
 attainment, throughput, percentiles and the prefix hit rate come from the
 same ``drift_sgl.sim.metrics.summarize`` (its docstring defines them), which
-counts a failed turn as a request that met neither target. Real runs add what
-a simulation cannot have: failures and their reasons, answers shorter than
-asked (a server that ignored ``ignore_eos``), and inter-token gaps.
+counts a failed turn as a request that met neither target. A turn's gaps
+between tokens are those between the stream's content events, as a client
+sees them. Real runs add what a simulation cannot have: failures and their
+reasons, answers shorter than asked (a server that ignored ``ignore_eos``),
+and the P99 of all gaps pooled (``itl_p99_ms``).
 """
 
 from __future__ import annotations
@@ -25,10 +27,14 @@ REPORT_KEYS = (
     "goodput_rps",
     "slo_attainment",
     "ttft_attainment",
+    "tbt_attainment",
     "tpot_attainment",
+    "mean_tpot_slo_attainment",
     "throughput_tok_s",
     "ttft_p50_ms",
     "ttft_p99_ms",
+    "tbt_p50_ms",
+    "tbt_p99_ms",
     "tpot_p50_ms",
     "tpot_p99_ms",
     "itl_p99_ms",
@@ -40,6 +46,7 @@ REPORT_KEYS = (
 def record(outcome: TurnOutcome) -> RequestRecord:
     """A successful turn as the simulator's metrics see a request (times in ms)."""
     a = outcome.answer
+    gaps_ms = [gap * 1000 for gap in a.gaps_s]
     return RequestRecord(
         rid=f"{outcome.session}/{outcome.turn}",
         arrival_ms=a.sent_s * 1000,
@@ -50,6 +57,7 @@ def record(outcome: TurnOutcome) -> RequestRecord:
         output_tokens=a.output_tokens,
         decode_tokens=max(a.output_tokens - 1, 0),
         instance="server",
+        tbt_p99_ms=percentile(gaps_ms, 99) if gaps_ms else None,
     )
 
 
@@ -68,8 +76,8 @@ def summarize_replay(
     }
     if not answered:
         empty: dict[str, Any] = dict.fromkeys(REPORT_KEYS)
-        zero = ("good_requests", "goodput_rps", "slo_attainment", "throughput_tok_s")
-        empty.update({key: 0 for key in zero}, ttft_attainment=0.0, tpot_attainment=0.0)
+        empty.update(dict.fromkeys(("good_requests", "goodput_rps", "throughput_tok_s"), 0))
+        empty.update(dict.fromkeys((k for k in REPORT_KEYS if k.endswith("attainment")), 0.0))
         return _ordered({**empty, "requests": len(result.outcomes), **extra})
     records = [record(o) for o in answered]
     summary = summarize(records, ttft_slo_ms, tpot_slo_ms, gpus=1, failed=len(failed)).to_json()

@@ -7,7 +7,8 @@ JSON object to stdout (and to ``--json OUT``); bad input gives a one-line
 error on stderr and exit status 2.
 
 ``--find-goodput`` searches the highest session rate whose SLO attainment
-(requests meeting both TTFT and TPOT targets) is at least ``--attainment``:
+(requests whose TTFT and P99 gap between tokens meet the targets; see
+``drift_sgl.sim.metrics``) is at least ``--attainment``:
 doubling or halving from the trace's own session rate until the bound is
 bracketed, then ``--bisect-steps`` bisections; deterministic. A run in the
 search stops as soon as its attainment is certain to end below the bound
@@ -159,8 +160,11 @@ def assumptions(config: SimConfig, latency: LatencyModel, capacity: dict[str, An
         "(contention guard) as its actual time; alone, its solo time",
         "max_prefill_tokens": config.max_prefill_tokens,
         "routing": "session -> instance by crc32(session) % instances (sticky)",
-        "slo": "TTFT = first token - arrival; TPOT = (last - first token) / (output - 1), "
-        "met by one-token requests; a request is good when it meets both",
+        "slo": "TTFT = first token - arrival; TBT = P99 of the request's gaps between "
+        "tokens (each decode step it took part in; the first from its first token), met by "
+        "one-token requests; a request is good when TTFT <= --ttft-slo-ms and TBT <= "
+        "--tpot-slo-ms; mean_tpot_slo_attainment is the older figure with the mean TPOT "
+        "(last - first token) / (output - 1) in place of TBT",
     }
     policy = config.policy
     if policy in ("drift", "pdmux"):
@@ -461,7 +465,7 @@ def summary_line(result: dict[str, Any]) -> str:
         f" {result['requests']} requests, goodput {result['goodput_rps']:.3f} req/s"
         f" ({result['goodput_rps_per_gpu']:.3f}/GPU), SLO attainment"
         f" {result['slo_attainment']:.1%}, TTFT p99 {result['ttft_p99_ms']:.0f} ms,"
-        f" TPOT p99 {result['tpot_p99_ms']:.1f} ms, prefix hits {result['prefix_hit_rate']:.1%}"
+        f" TBT p99 {result['tbt_p99_ms']:.1f} ms, prefix hits {result['prefix_hit_rate']:.1%}"
     )
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from drift_sgl.latency.model import LatencyModel
 from drift_sgl.sim.engine import Request, RequestRecord, SimConfig, SimError, Simulator
 from drift_sgl.sim.engine import stable_hash as _hash
+from drift_sgl.sim.metrics import meets_slo
 from drift_sgl.sim.policies import build_cluster
 from drift_sgl.sim.trace import Turn, prompt_tokens, sessions
 
@@ -82,7 +83,7 @@ def simulate(
     """Run every turn of ``turns`` to completion; raises ``SimError`` if it cannot.
 
     With ``stop_below``, the run stops as soon as so many requests have missed
-    an SLO (TTFT: no first token by the deadline; TPOT: at the end) that the
+    an SLO (TTFT: no first token by the deadline; TBT: at the end) that the
     attainment must end below ``stop_below``: overloaded runs in a goodput
     search would otherwise spend most of the time on a queue that only grows.
     """
@@ -129,11 +130,11 @@ def simulate(
                 output_tokens=req.output_tokens,
                 decode_tokens=req.decode_tokens,
                 instance=req.instance,
+                tbt_p99_ms=req.tbt_p99_ms,
             )
         )
-        tpot = records[-1].tpot_ms
-        late = tpot is not None and tpot > config.tpot_slo_ms
-        if stop_below is not None and late and req.rid not in failed:
+        good = meets_slo(records[-1], config.ttft_slo_ms, config.tpot_slo_ms)
+        if stop_below is not None and not good and req.rid not in failed:
             fail(req)
         k = req.turn + 1
         chain = lookup[req.session]

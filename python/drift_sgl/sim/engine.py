@@ -9,13 +9,16 @@ that arrive during a step wait for the next one, as in a real scheduler loop.
 A request produces its first token when its prefill completes and one token
 per decode step it takes part in; a decode batch is kept as a step counter
 plus a heap of the step at which each member finishes, so a step costs O(1)
-however large the batch (the batch's KV grows by its size every step).
+however large the batch (the batch's KV grows by its size every step). The
+batch also keeps the end time of every step: a member's gaps between tokens
+are the steps it took part in, read off that timeline when it finishes.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -76,6 +79,8 @@ class Request:
     last_token_ms: float | None = None
     join_step: int = 0
     decode_tokens: int = 0
+    #: 99th percentile of the gaps between its tokens (None: fewer than 2 tokens).
+    tbt_p99_ms: float | None = None
     instance: str = ""
     #: (cache version, cached tokens, planner view) memo for a waiting request.
     peek: tuple | None = None
@@ -94,6 +99,9 @@ class RequestRecord:
     output_tokens: int
     decode_tokens: int
     instance: str
+    #: 99th percentile of the gaps between consecutive tokens, the time between
+    #: tokens a user feels at its worst; None with fewer than 2 tokens.
+    tbt_p99_ms: float | None = None
 
     @property
     def ttft_ms(self) -> float:
@@ -101,9 +109,21 @@ class RequestRecord:
 
     @property
     def tpot_ms(self) -> float | None:
+        """Mean time per output token after the first (a mean hides stalls)."""
         if self.output_tokens < 2:
             return None
         return (self.last_token_ms - self.first_token_ms) / (self.output_tokens - 1)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default); 0 when empty."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def stable_hash(text: str) -> int:
@@ -138,6 +158,8 @@ class DecodeBatch:
         self.tokens = 0
         self._finish: list[tuple[int, int, Request]] = []
         self._seq = itertools.count()
+        #: step_end_ms[k]: when step k ended (index 0 is unused).
+        self.step_end_ms: list[float] = [0.0]
 
     @property
     def size(self) -> int:
@@ -154,6 +176,7 @@ class DecodeBatch:
     def step(self, now: float) -> list[Request]:
         """One decode step ends at ``now``: a token for every member; returns the finished."""
         self.steps += 1
+        self.step_end_ms.append(now)
         self.tokens += len(self.members)
         self.kv_tokens += len(self.members)
         done = []
@@ -162,9 +185,20 @@ class DecodeBatch:
             del self.members[req.rid]
             req.decode_tokens = self.steps - req.join_step
             req.last_token_ms = now
+            req.tbt_p99_ms = percentile(self.gaps_ms(req), 99)
             self.kv_tokens -= req.prompt_tokens + req.output_tokens
             done.append(req)
         return done
+
+    def gaps_ms(self, req: Request) -> list[float]:
+        """The gaps before each of ``req``'s decode tokens, up to this step.
+
+        The first is from its first token (which a prefill made, maybe on
+        another instance) to the end of the first step it took part in.
+        """
+        assert req.first_token_ms is not None
+        ends = self.step_end_ms[req.join_step + 1 : self.steps + 1]
+        return [b - a for a, b in itertools.pairwise([req.first_token_ms, *ends])]
 
 
 @dataclass(frozen=True)
