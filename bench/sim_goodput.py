@@ -6,7 +6,12 @@ For each trace (bench/traces/conversation.jsonl, agent.jsonl) and each policy
 (default: the H100 estimate for Llama-3.1-8B), plus a sweep of 8 rates around
 the goodput for the plots, and prints one JSON document: every policy's
 figures at its goodput rate, and drift's goodput per GPU over each baseline's
-and over the best baseline's. ``--plot DIR`` writes one PNG per trace: SLO
+and over the best baseline's. Chunked prefill is searched at every chunk size
+of ``--chunk-sizes`` (default 256 to 8192) and reported at its best one
+(``chunk_size``; every size's goodput under ``chunk_sweep``), so drift is
+compared with the fairest chunked configuration, not one picked in advance.
+SLO attainment is the simulator's (``drift_sgl.sim.metrics``: TTFT and the
+P99 gap between tokens). ``--plot DIR`` writes one PNG per trace: SLO
 attainment vs session rate per GPU, goodput marked.
 
 Usage:
@@ -39,6 +44,7 @@ TRACES = {
     "agent": REPO / "bench" / "traces" / "agent.jsonl",
 }
 POLICIES = ("drift", "pdmux", "sglang", "chunked", "disagg")
+CHUNK_SIZES = (256, 512, 1024, 2048, 4096, 8192)
 #: Sweep rates, as fractions of the policy's goodput rate (for the plots).
 SWEEP = (0.25, 0.5, 0.75, 0.9, 1.1, 1.25, 1.5, 2.0)
 #: Sweep runs stop once their attainment is certain to be below this (overload).
@@ -51,10 +57,14 @@ KEEP = (
     "goodput_rps_per_gpu",
     "slo_attainment",
     "ttft_attainment",
+    "tbt_attainment",
     "tpot_attainment",
+    "mean_tpot_slo_attainment",
     "throughput_tok_s",
     "ttft_p50_ms",
     "ttft_p99_ms",
+    "tbt_p50_ms",
+    "tbt_p99_ms",
     "tpot_p50_ms",
     "tpot_p99_ms",
     "prefix_hit_rate",
@@ -71,17 +81,25 @@ def one(task: dict[str, Any]) -> dict[str, Any]:
         turns = first_sessions(turns, task["sessions"])
     policy, gpus = task["policy"], 2 if task["policy"] == "disagg" else 1
     config, notes = cli.make_config(
-        policy, latency, task["ttft"], task["tpot"], gpus=gpus, mux_loop=task["mux_loop"]
+        policy,
+        latency,
+        task["ttft"],
+        task["tpot"],
+        gpus=gpus,
+        chunk_size=task.get("chunk_size"),
+        mux_loop=task["mux_loop"],
     )
     window = trace_window_s(turns)
-    label = f"{task['trace']}/{policy}"
+    tag = f"{task['trace']}/{policy}"
+    if task.get("chunk_size"):
+        tag += f"-{task['chunk_size']}"
 
     def evaluate(rate: float, stop_below: float | None) -> dict[str, Any]:
         t0 = time.monotonic()
         row = cli.run_at(turns, config, latency, rate, task["seed"], window, stop_below)
         note = " (stopped early: upper bound)" if row.get("stopped_early") else ""
         print(
-            f"[{label}] rate {rate:.4g} sessions/s: SLO attainment "
+            f"[{tag}] rate {rate:.4g} sessions/s: SLO attainment "
             f"{row['slo_attainment']:.3f}{note} ({time.monotonic() - t0:.1f} s)",
             file=sys.stderr,
             flush=True,
@@ -110,6 +128,7 @@ def one(task: dict[str, Any]) -> dict[str, Any]:
     return {
         "trace": task["trace"],
         "policy": policy,
+        "chunk_size": config.chunk_size if policy == "chunked" else None,
         "gpus": gpus,
         "goodput_found": found,
         **figures,
@@ -118,6 +137,18 @@ def one(task: dict[str, Any]) -> dict[str, Any]:
         "assumptions": notes,
         "wall_s": round(time.monotonic() - started, 1),
     }
+
+
+def best_chunk(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The chunked run with the highest goodput (the smaller chunk on a tie), with the sweep."""
+    best = max(rows, key=lambda r: (r["goodput_rps_per_gpu"], -r["chunk_size"]))
+    sweep = {str(r["chunk_size"]): r["goodput_rps_per_gpu"] for r in rows}
+    return {**best, "chunk_sweep": sweep}
+
+
+def label(policy: str, row: dict[str, Any]) -> str:
+    """The policy's name, with its chunk size for chunked prefill."""
+    return f"{policy} ({row['chunk_size']})" if row.get("chunk_size") else policy
 
 
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -150,14 +181,14 @@ def plot(trace: str, results: dict[str, dict[str, Any]], bound: float, out: Path
         upper = [(r / gpus, a) for r, a, stopped in points if stopped]
         # Lines join exact points only; a stopped run only bounds its attainment.
         xs, ys = (list(v) for v in zip(*full, strict=True)) if full else ([], [])
-        (line,) = ax.plot(xs, ys, "o-", ms=3.5, lw=1.2, label=policy)
+        (line,) = ax.plot(xs, ys, "o-", ms=3.5, lw=1.2, label=label(policy, row))
         if upper:
             ax.plot(*zip(*upper, strict=True), "v", ms=5, mfc="none", color=line.get_color())
         if row["goodput_found"]:
             ax.axvline(row["rate_sessions_per_s"] / gpus, ls=":", lw=1, color=line.get_color())
     ax.axhline(bound, color="grey", ls="--", lw=0.8)
     ax.set_xlabel("session arrival rate per GPU (sessions/s)")
-    ax.set_ylabel("SLO attainment (TTFT and TPOT met)")
+    ax.set_ylabel("SLO attainment (TTFT and P99 gap met)")
     ax.set_ylim(0, 1.02)
     ax.set_title(f"{trace}: attainment vs load (dotted: goodput rate; ▽: upper bound)")
     ax.legend(fontsize=8)
@@ -183,6 +214,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--policies", nargs="+", choices=POLICIES, default=list(POLICIES))
     p.add_argument("--traces", nargs="+", choices=tuple(TRACES), default=list(TRACES))
     p.add_argument("--mux-loop", choices=("sync", "async"), default="sync")
+    p.add_argument(
+        "--chunk-sizes",
+        type=int,
+        nargs="+",
+        default=list(CHUNK_SIZES),
+        help="chunked prefill is searched at each, reported at the best (default 256..8192)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     p.add_argument("--plot", type=Path, metavar="DIR", help="write PNGs here")
@@ -207,9 +245,11 @@ def main(argv: list[str] | None = None) -> int:
             "bisect_steps": args.bisect_steps,
             "mux_loop": args.mux_loop,
             "seed": args.seed,
+            "chunk_size": chunk,
         }
         for trace in args.traces
         for policy in args.policies
+        for chunk in (args.chunk_sizes if policy == "chunked" else [None])
     ]
     started = time.monotonic()
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
@@ -224,7 +264,11 @@ def main(argv: list[str] | None = None) -> int:
         "traces": {},
     }
     for trace in args.traces:
-        results = {r["policy"]: r for r in done if r["trace"] == trace}
+        rows = [r for r in done if r["trace"] == trace]
+        results = {r["policy"]: r for r in rows if r["policy"] != "chunked"}
+        chunked = [r for r in rows if r["policy"] == "chunked"]
+        if chunked:
+            results["chunked"] = best_chunk(chunked)
         report["traces"][trace] = {
             "ttft_slo_ms": slo[trace][0],
             "tpot_slo_ms": slo[trace][1],
@@ -238,7 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     report["elapsed_s"] = round(time.monotonic() - started, 1)
     print(json.dumps(report, indent=1))
     for trace, row in report["traces"].items():
-        table = ", ".join(f"{p} {r['goodput_rps_per_gpu']:.2f}" for p, r in row["results"].items())
+        table = ", ".join(
+            f"{label(p, r)} {r['goodput_rps_per_gpu']:.2f}" for p, r in row["results"].items()
+        )
         print(
             f"sim_goodput: {trace}: goodput req/s per GPU: {table}; drift / best baseline "
             f"({row['best_baseline']}) = {row['drift_over_best_baseline'] or 0:.2f}",
