@@ -147,6 +147,27 @@ def test_guard_without_co_runs_is_the_documented_assumption():
     )
 
 
+def test_typical_slowdown_is_the_median_and_the_worst_the_max():
+    samples = make_samples(random.Random(3), shares=(16, 32, 64, 132))
+    for slowdown in (1.1, 1.2, 1.6):  # three co-runs in one region
+        kv = 8 * 1024
+        latency = true_decode_ms(8, kv, 32) * slowdown
+        samples.append(Sample("decode", 32, TOTAL_SM, 8, 0, 8, kv, True, latency))
+    model = fit_latency_model(samples, DEVICE, MODEL, holdout=0.0)
+    assert model.co_run_slowdown("decode", 32, 8) == pytest.approx(1.2, rel=0.05)
+    assert model.guard.factor("decode", 32, 8) == pytest.approx(1.6, rel=0.05)
+    # No co-run of prefill observed: the typical slowdown is the (assumed) worst.
+    assert model.co_run_slowdown("prefill", 32, 512) == UNMEASURED_GUARD
+    # Stored and read back; a profile from before it was stored falls back to the worst.
+    row = model.to_json()
+    assert LatencyModel.from_json(row).co_run_slowdown("decode", 32, 8) == pytest.approx(
+        model.co_run_slowdown("decode", 32, 8)
+    )
+    del row["contention_guard"]["expected"]
+    older = LatencyModel.from_json(row)
+    assert older.co_run_slowdown("decode", 32, 8) == older.guard.factor("decode", 32, 8)
+
+
 def test_save_load_round_trip(fitted, tmp_path):
     path = tmp_path / "profile.json"
     fitted.save(path)

@@ -216,6 +216,13 @@ def test_the_shipped_estimates_are_current(tmp_path, gpu):
             assert new.decode_ms(b, b * 2048, sm) == pytest.approx(
                 old.decode_ms(b, b * 2048, sm), rel=1e-6
             ), hint
+            assert new.co_run_slowdown("decode", sm, b) == pytest.approx(
+                old.co_run_slowdown("decode", sm, b), rel=1e-6
+            ), hint
+        for n in (128, 512, 4096):
+            assert new.co_run_slowdown("prefill", sm, n) == pytest.approx(
+                old.co_run_slowdown("prefill", sm, n), rel=1e-6
+            ), hint
 
 
 def test_run_refuses_what_it_cannot_measure(tmp_path):

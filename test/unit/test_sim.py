@@ -1,5 +1,6 @@
 """The discrete-event simulator (drift_sgl.sim): accounting, caching, policies, CLI."""
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from drift_sgl.latency.model import LatencyModel
+from drift_sgl.latency.model import ContentionGuard, LatencyModel
 from drift_sgl.partition.base import SmSplit
 from drift_sgl.policy import MuxState, SloPlanner
 from drift_sgl.rate_search import find_goodput
@@ -228,6 +229,32 @@ def test_drift_keeps_tpot_where_prefill_first_does_not(latency, mux_loop):
     )
     sglang = summarize(run(latency, turns, "sglang", ttft=20_000).records, 20_000, TPOT, 1)
     assert drift.tpot_p99_ms <= TPOT < sglang.tpot_p99_ms
+
+
+def typical_slowdown(latency, decode, prefill):
+    """``latency`` whose typical co-run slowdown is ``decode`` / ``prefill`` everywhere."""
+    guard = latency.guard
+    expected = {"decode": {1: {0: decode}}, "prefill": {1: {0: prefill}}}
+    return dataclasses.replace(
+        latency, guard=ContentionGuard(guard.ratios, guard.default, expected)
+    )
+
+
+@pytest.mark.parametrize("mux_loop", ["sync", "async"])
+def test_the_simulator_charges_the_typical_co_run_slowdown_not_the_worst(latency, mux_loop):
+    turns = bursty(bursts=2, size=4, short=30)
+
+    def tbt_p50(model):
+        result = run(model, turns, "drift", ttft=20_000, mux_loop=mux_loop)
+        return summarize(result.records, 20_000, TPOT, 1).tbt_p50_ms
+
+    # The planner plans with the same worst case in all three; only the charge differs.
+    free = tbt_p50(typical_slowdown(latency, 1.0, 1.0))
+    slow = tbt_p50(typical_slowdown(latency, 1.5, 1.0))
+    assert slow > 1.2 * free
+    assert typical_slowdown(latency, 1.5, 1.0).decode_ms(8, 8000, 66, worst_case=True) == (
+        latency.decode_ms(8, 8000, 66, worst_case=True)
+    )
 
 
 def test_a_requests_gaps_come_from_the_steps_it_took_part_in():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -192,24 +193,41 @@ def phase_error(model: LatencyModel, rows: Sequence[Sample], held_out: bool) -> 
     )
 
 
-def fit_guard(model: LatencyModel, co_runs: Sequence[Sample]) -> ContentionGuard:
-    """Largest co-run/solo ratio per phase, SM count and size bucket (never below 1).
+def fit_guard(
+    model: LatencyModel, co_runs: Sequence[Sample], measured: bool = True
+) -> ContentionGuard:
+    """Co-run/solo ratios per phase, SM count and size bucket: worst and median.
 
-    The table is then filled and made monotone, so worst-case predictions are
-    monotone like the solo ones: per SM count, a bucket takes the worst ratio of
-    any bucket up to it (a bucket below every observation takes the first one);
-    per bucket, an SM count takes the worst ratio of any count from it up (fewer
-    SMs are never guarded less). A phase without co-runs uses ``UNMEASURED_GUARD``.
+    The worst (never below 1) is filled and made monotone, so
+    worst-case predictions are monotone like the solo ones: per SM count, a
+    bucket takes the worst ratio of any bucket up to it (a bucket below every
+    observation takes the first one); per bucket, an SM count takes the worst
+    ratio of any count from it up (fewer SMs are never guarded less). The
+    median (never below 1) is kept as observed: the typical slowdown a
+    simulation charges. A phase without co-runs uses ``UNMEASURED_GUARD``, and
+    so does every phase when the co-runs are modelled (``measured=False``): a
+    model's worst case is no planning margin.
     """
-    observed: dict[str, dict[int, dict[int, float]]] = {}
+    observed: dict[str, dict[int, dict[int, list[float]]]] = {}
     for sample in co_runs:
         ratio = max(1.0, sample.latency_ms / predict_solo(model, sample))
         buckets = observed.setdefault(sample.phase, {}).setdefault(sample.sm, {})
-        bucket = size_bucket(size_of(sample))
-        buckets[bucket] = max(ratio, buckets.get(bucket, 1.0))
+        buckets.setdefault(size_bucket(size_of(sample)), []).append(ratio)
+
+    def reduce(how: Callable[[list[float]], float]) -> dict[str, dict[int, dict[int, float]]]:
+        return {
+            phase: {
+                sm: {b: how(ratios) for b, ratios in buckets.items()}
+                for sm, buckets in by_sm.items()
+            }
+            for phase, by_sm in observed.items()
+        }
+
+    worst = reduce(lambda ratios: max(1.0, *ratios)) if measured else {}
     return ContentionGuard(
-        ratios={phase: _monotone_table(by_sm) for phase, by_sm in observed.items()},
+        ratios={phase: _monotone_table(by_sm) for phase, by_sm in worst.items()},
         default=UNMEASURED_GUARD,
+        expected=reduce(statistics.median),
     )
 
 
@@ -255,12 +273,15 @@ def fit_latency_model(
     info: dict[str, Any] | None = None,
     progress: Callable[[str], None] | None = None,
     sm_granularity: int | None = None,
+    co_runs_measured: bool = True,
 ) -> LatencyModel:
     """Fit both phases and the guard; errors are measured on held-out solo samples.
 
     The held-out error belongs to a fit on the remaining samples; the returned
     model is then refitted on all of them. ``sm_granularity`` defaults to the
-    largest step that divides every profiled share.
+    largest step that divides every profiled share. With
+    ``co_runs_measured=False`` (an estimate's modelled co-runs) the co-runs give
+    the typical slowdown only; the planner's margin stays the assumed one.
     """
     if not 0 <= holdout < 1:
         raise FitError(f"holdout must be in [0, 1), got {holdout}")
@@ -313,4 +334,5 @@ def fit_latency_model(
                 f"{phase}: {where} error over {scored.n} samples: mean {scored.mean_ape:.1%}, "
                 f"p95 {scored.p95_ape:.1%}, max {scored.max_ape:.1%}"
             )
-    return build(fits, fit_guard(final, [s for s in samples if s.co_run]), errors)
+    co_runs = [s for s in samples if s.co_run]
+    return build(fits, fit_guard(final, co_runs, co_runs_measured), errors)

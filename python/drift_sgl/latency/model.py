@@ -145,73 +145,108 @@ class PhaseFit:
         )
 
 
+def _sorted_tables(by_phase: dict[str, dict[int, dict[int, float]]]) -> dict:
+    """``{phase: (sorted SM counts, [(sorted buckets, factors)] per count)}`` for bisection."""
+    return {
+        phase: (
+            sorted(by_sm),
+            [
+                (sorted(by_sm[sm]), [by_sm[sm][b] for b in sorted(by_sm[sm])])
+                for sm in sorted(by_sm)
+            ],
+        )
+        for phase, by_sm in by_phase.items()
+        if by_sm
+    }
+
+
+def _lookup(table: tuple, sm: float, size: int) -> float:
+    counts, rows = table
+    # The largest profiled count <= sm (its factor also holds up to the next one).
+    buckets, factors = rows[max(0, bisect.bisect_right(counts, sm) - 1)]
+    # The largest bucket <= the size's (the smallest one below them all).
+    return factors[max(0, bisect.bisect_right(buckets, size_bucket(size)) - 1)]
+
+
+def _table_to_json(by_phase: dict[str, dict[int, dict[int, float]]]) -> dict[str, Any]:
+    return {
+        phase: {
+            str(sm): {str(b): r for b, r in sorted(buckets.items())}
+            for sm, buckets in sorted(by_sm.items())
+        }
+        for phase, by_sm in by_phase.items()
+    }
+
+
+def _table_from_json(row: dict[str, Any], what: str) -> dict[str, dict[int, dict[int, float]]]:
+    table = {
+        phase: {
+            int(sm): {int(b): float(r) for b, r in buckets.items()} for sm, buckets in by_sm.items()
+        }
+        for phase, by_sm in row.items()
+    }
+    values = [r for by_sm in table.values() for b in by_sm.values() for r in b.values()]
+    if any(r < 1 for r in values):
+        raise ProfileError(f"contention guard: {what} factors must be >= 1")
+    if any(not buckets for by_sm in table.values() for buckets in by_sm.values()):
+        raise ProfileError(f"contention guard: {what} has an SM count without size buckets")
+    return table
+
+
 @dataclass(frozen=True)
 class ContentionGuard:
-    """Worst co-run slowdown (>= 1) per phase, SM count and size bucket.
+    """Co-run slowdowns (>= 1) per phase, SM count and size bucket: worst and typical.
 
-    ``fit.fit_guard`` stores a full table per phase that never rises with more
-    SMs and never falls with a larger size, and the lookup below keeps both:
-    so ``worst_case`` predictions stay monotone, like the solo ones.
+    The worst (``ratios``) is the planner's margin. ``fit.fit_guard`` stores a
+    full table per phase that never rises with more SMs and never falls with a
+    larger size, and the lookup keeps both, so ``worst_case`` predictions stay
+    monotone like the solo ones. The typical (``expected``, the median of the
+    co-runs in a region) is what the simulator charges as the actual time of a
+    phase that runs beside the other; where none was observed it falls back to
+    the worst, the old behaviour and the cautious one.
     """
 
     #: ``ratios[phase][sm][bucket]``
     ratios: dict[str, dict[int, dict[int, float]]]
     #: Used for a phase with no co-run observed (see docs/latency-model.md).
     default: float
+    #: ``expected[phase][sm][bucket]``: median co-run slowdown in the region.
+    expected: dict[str, dict[int, dict[int, float]]] = field(default_factory=dict)
     _tables: dict = field(init=False, repr=False, compare=False)
+    _expected_tables: dict = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Sorted keys for bisection (``factor`` runs on every planner query).
-        tables = {
-            phase: (
-                sorted(by_sm),
-                [
-                    (sorted(by_sm[sm]), [by_sm[sm][b] for b in sorted(by_sm[sm])])
-                    for sm in sorted(by_sm)
-                ],
-            )
-            for phase, by_sm in self.ratios.items()
-            if by_sm
-        }
-        object.__setattr__(self, "_tables", tables)
+        object.__setattr__(self, "_tables", _sorted_tables(self.ratios))
+        object.__setattr__(self, "_expected_tables", _sorted_tables(self.expected))
 
     def factor(self, phase: str, sm: float, size: int) -> float:
+        """Worst co-run slowdown of ``phase`` on ``sm`` SMs at ``size``."""
         table = self._tables.get(phase)
-        if table is None:
-            return self.default
-        counts, rows = table
-        # The largest profiled count <= sm (its factor also holds up to the next one).
-        buckets, ratios = rows[max(0, bisect.bisect_right(counts, sm) - 1)]
-        # The largest bucket <= the size's (the smallest one below them all).
-        return ratios[max(0, bisect.bisect_right(buckets, size_bucket(size)) - 1)]
+        return self.default if table is None else _lookup(table, sm, size)
+
+    def expected_factor(self, phase: str, sm: float, size: int) -> float:
+        """Typical co-run slowdown; the worst where no co-run of the phase was observed."""
+        table = self._expected_tables.get(phase)
+        return self.factor(phase, sm, size) if table is None else _lookup(table, sm, size)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "default": self.default,
-            "ratios": {
-                phase: {
-                    str(sm): {str(b): r for b, r in sorted(buckets.items())}
-                    for sm, buckets in sorted(by_sm.items())
-                }
-                for phase, by_sm in self.ratios.items()
-            },
+            "ratios": _table_to_json(self.ratios),
+            "expected": _table_to_json(self.expected),
         }
 
     @classmethod
     def from_json(cls, row: dict[str, Any]) -> ContentionGuard:
-        ratios = {
-            phase: {
-                int(sm): {int(b): float(r) for b, r in buckets.items()}
-                for sm, buckets in by_sm.items()
-            }
-            for phase, by_sm in row["ratios"].items()
-        }
-        guard = cls(ratios=ratios, default=float(row["default"]))
-        values = [r for by_sm in ratios.values() for b in by_sm.values() for r in b.values()]
-        if guard.default < 1 or any(r < 1 for r in values):
+        guard = cls(
+            ratios=_table_from_json(row["ratios"], "worst-case"),
+            default=float(row["default"]),
+            # Profiles written before the typical slowdown was kept have none.
+            expected=_table_from_json(row.get("expected", {}), "expected"),
+        )
+        if guard.default < 1:
             raise ProfileError("contention guard factors must be >= 1")
-        if any(not buckets for by_sm in ratios.values() for buckets in by_sm.values()):
-            raise ProfileError("contention guard: an SM count without size buckets")
         return guard
 
 
@@ -258,6 +293,13 @@ class LatencyModel:
         _check_query(sm, batch=batch_size, kv_tokens=kv_tokens)
         solo = self.decode.predict(sm, decode_features(batch_size, kv_tokens))
         return solo * self.guard.factor("decode", sm, batch_size) if worst_case else solo
+
+    def co_run_slowdown(self, phase: str, sm: float, size: int) -> float:
+        """Typical slowdown of ``phase`` (size: new tokens or batch) beside the other phase.
+
+        What a simulation charges as actual time; planning uses ``worst_case``.
+        """
+        return self.guard.expected_factor(phase, sm, size)
 
     def describe(self) -> str:
         kind = "ESTIMATED (not measured)" if self.estimated else "measured"

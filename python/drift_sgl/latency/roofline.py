@@ -1,11 +1,16 @@
 """A latency profile before any measurement: a roofline from shapes and peak figures.
 
-Every forward is charged max(FLOPs / usable compute, bytes / usable bandwidth)
-plus a fixed launch cost. Compute scales with the SM share; bandwidth saturates
-once ``BANDWIDTH_SATURATION`` of the SMs stream from memory. The numbers are
-sampled on a grid and fitted with the same fitter as measured samples, so an
-estimate is an ordinary profile, flagged ``estimated``. Assumptions and their
-sources are in docs/latency-model.md; a measured profile replaces all of them.
+Every forward is charged its compute time and its memory time, the longer in
+full and a fraction (``Physics.overlap_loss``) of the shorter, which models the
+imperfect overlap of the two near the ridge point (it is what makes a
+256-token chunk cost more per token than a 4096-token one), plus a fixed
+launch cost. Compute scales with the SM share; bandwidth rises with the share
+and saturates softly. When prefill and decode run on complementary partitions
+they share the HBM: if their demands exceed it, each gets it in proportion to
+its demand. The numbers are sampled on a grid, solo and co-run, and fitted with
+the same fitter as measured samples, so an estimate is an ordinary profile,
+flagged ``estimated``. Every constant and its source is in
+docs/latency-model.md; a measured profile replaces all of them.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import math
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from drift_sgl.latency.fit import UNMEASURED_GUARD, fit_latency_model
@@ -23,12 +28,42 @@ from drift_sgl.latency.identity import DeviceIdentity, ModelIdentity, text_confi
 from drift_sgl.latency.model import LatencyModel
 from drift_sgl.latency.samples import Sample
 
-#: Fraction of peak dense FLOP/s that large GEMMs reach (vendor peak is never met).
-COMPUTE_EFFICIENCY = 0.7
-#: Fraction of peak memory bandwidth that streaming kernels reach.
-BANDWIDTH_EFFICIENCY = 0.85
-#: Share of the SMs that saturates memory bandwidth.
-BANDWIDTH_SATURATION = 0.5
+
+@dataclass(frozen=True)
+class Physics:
+    """The unmeasured constants of the roofline, at their central values.
+
+    Sources and plausible ranges: docs/latency-model.md, "Where each constant
+    comes from"; ``bench/sim_sensitivity.py`` sweeps them.
+    """
+
+    #: Fraction of peak dense FLOP/s that large GEMMs reach (vendor peak is never met).
+    compute_efficiency: float = 0.7
+    #: Fraction of peak memory bandwidth that streaming kernels reach.
+    bandwidth_efficiency: float = 0.85
+    #: SM share at which a partition reaches half of the whole GPU's bandwidth
+    #: gain: bandwidth(share) = share * (1 + h) / (share + h) of the whole's.
+    bandwidth_half_share: float = 0.13
+    #: Fraction of the shorter of compute and memory time not hidden under the longer.
+    overlap_loss: float = 0.3
+    #: Slowdown of a co-running phase beyond sharing HBM (L2, scheduling): none known.
+    co_run_extra: float = 1.0
+
+    def bandwidth_fraction(self, share: float) -> float:
+        """Fraction of the whole GPU's streaming bandwidth that ``share`` of its SMs reach."""
+        h = self.bandwidth_half_share
+        return min(1.0, share * (1 + h) / (share + h)) if share > 0 else 0.0
+
+    def with_overrides(self, overrides: dict[str, float]) -> Physics:
+        unknown = set(overrides) - set(asdict(self))
+        if unknown:
+            known = list(asdict(self))
+            raise ValueError(f"unknown physics constants {sorted(unknown)}; known: {known}")
+        return Physics(**{**asdict(self), **overrides})
+
+
+#: The central values (docs/latency-model.md).
+CENTRAL_PHYSICS = Physics()
 
 
 @dataclass(frozen=True)
@@ -143,38 +178,85 @@ class ModelShape:
         return (self.layers * per_layer + 2 * self.hidden * self.vocab) * self.dtype_bytes
 
 
+@dataclass(frozen=True)
+class Work:
+    """What one forward asks of the GPU: FLOPs and bytes moved."""
+
+    flops: float
+    nbytes: float
+
+
 class Roofline:
     """Analytic latency of one forward pass on ``sm`` of the device's SMs."""
 
-    def __init__(self, shape: ModelShape, spec: DeviceSpec) -> None:
+    def __init__(
+        self, shape: ModelShape, spec: DeviceSpec, physics: Physics = CENTRAL_PHYSICS
+    ) -> None:
         self.shape = shape
         self.spec = spec
+        self.physics = physics
 
-    def _time_ms(self, flops: float, nbytes: float, sm: int) -> float:
-        share = sm / self.spec.sms
-        compute = self.spec.peak_tflops * 1e12 * COMPUTE_EFFICIENCY * share
-        bandwidth = (
-            self.spec.bandwidth_gbs
-            * 1e9
-            * BANDWIDTH_EFFICIENCY
-            * min(1.0, share / BANDWIDTH_SATURATION)
-        )
-        fixed = self.spec.fixed_ms + self.spec.per_layer_ms * self.shape.layers
-        return fixed + 1e3 * max(flops / compute, nbytes / bandwidth)
+    # ------------------------------------------------------------- work
 
-    def prefill_ms(self, new: int, prefix: int, seqs: int, sm: int) -> float:
+    def prefill_work(self, new: int, prefix: int, seqs: int) -> Work:
         s = self.shape
         attention = 4 * s.heads * s.head_dim * (new * new / (2 * seqs) + new * prefix / seqs)
         flops = s.layers * (2 * s.layer_params * new + attention) + 2 * s.hidden * s.vocab * seqs
-        nbytes = s.weight_bytes + (prefix + new) * s.kv_bytes_per_token
-        return self._time_ms(flops, nbytes, sm)
+        return Work(flops, s.weight_bytes + (prefix + new) * s.kv_bytes_per_token)
 
-    def decode_ms(self, batch: int, kv: int, sm: int) -> float:
+    def decode_work(self, batch: int, kv: int) -> Work:
         s = self.shape
         flops = s.layers * (2 * s.layer_params * batch + 4 * s.heads * s.head_dim * kv)
         flops += 2 * s.hidden * s.vocab * batch
-        nbytes = s.weight_bytes + kv * s.kv_bytes_per_token
-        return self._time_ms(flops, nbytes, sm)
+        return Work(flops, s.weight_bytes + kv * s.kv_bytes_per_token)
+
+    # ------------------------------------------------------------- time
+
+    def _bandwidth(self, share: float) -> float:
+        """Bytes per ms that ``share`` of the SMs stream from memory."""
+        whole = self.spec.bandwidth_gbs * 1e6 * self.physics.bandwidth_efficiency
+        return whole * self.physics.bandwidth_fraction(share)
+
+    def _time_ms(self, work: Work, sm: int, bandwidth: float | None = None) -> float:
+        """Time on ``sm`` SMs, streaming at ``bandwidth`` bytes/ms (default: the share's)."""
+        share = sm / self.spec.sms
+        compute_ms = work.flops / (
+            self.spec.peak_tflops * 1e9 * self.physics.compute_efficiency * share
+        )
+        memory_ms = work.nbytes / (bandwidth or self._bandwidth(share))
+        fixed = self.spec.fixed_ms + self.spec.per_layer_ms * self.shape.layers
+        longer, shorter = max(compute_ms, memory_ms), min(compute_ms, memory_ms)
+        return fixed + longer + self.physics.overlap_loss * shorter
+
+    def prefill_ms(self, new: int, prefix: int, seqs: int, sm: int) -> float:
+        return self._time_ms(self.prefill_work(new, prefix, seqs), sm)
+
+    def decode_ms(self, batch: int, kv: int, sm: int) -> float:
+        return self._time_ms(self.decode_work(batch, kv), sm)
+
+    def corun_ms(
+        self, prefill: Work, prefill_sm: int, decode: Work, decode_sm: int
+    ) -> tuple[float, float]:
+        """(prefill ms, decode ms) with both on their partitions at once, sharing HBM.
+
+        Each phase alone draws its bytes over its solo time. When the two draws
+        exceed what the whole GPU streams, each gets the whole in proportion to
+        its draw, and runs as if its partition streamed that much. Decode, which
+        draws nearly all its partition can, is slowed most beside a short
+        prefill chunk, which draws a lot; a long prefill is compute-bound and
+        hardly draws at all.
+        """
+        fixed = self.spec.fixed_ms + self.spec.per_layer_ms * self.shape.layers
+        solo = (self._time_ms(prefill, prefill_sm), self._time_ms(decode, decode_sm))
+        draws = [w.nbytes / (t - fixed) for w, t in zip((prefill, decode), solo, strict=True)]
+        whole, extra = self._bandwidth(1.0), self.physics.co_run_extra
+        if sum(draws) <= whole:
+            return extra * solo[0], extra * solo[1]
+        scale = whole / sum(draws)
+        return (
+            extra * max(solo[0], self._time_ms(prefill, prefill_sm, draws[0] * scale)),
+            extra * max(solo[1], self._time_ms(decode, decode_sm, draws[1] * scale)),
+        )
 
 
 def share_grid(total: int, granularity: int) -> list[int]:
@@ -203,6 +285,37 @@ def roofline_samples(roofline: Roofline, sms: list[int], max_tokens: int) -> lis
     return samples
 
 
+#: The modelled co-runs: each phase at every power-of-two size (one per size
+#: region of the guard table), beside partners of the other phase from small
+#: to large; a region's typical slowdown is the median over its partners.
+_CO_RUN_PREFILLS = tuple(2**k for k in range(7, 15))  # 128 .. 16384 new tokens
+_CO_RUN_DECODES = tuple(2**k for k in range(0, 10))  # 1 .. 512 sequences
+_PREFILL_PARTNERS = (4, 16, 64, 256)
+_DECODE_PARTNERS = (128, 512, 2048, 8192)
+_CO_RUN_CONTEXT = 1024
+
+
+def roofline_co_run_samples(roofline: Roofline, sms: list[int]) -> list[Sample]:
+    """Both phases on every split in ``sms`` (prefill's share), each beside its partners."""
+    total = roofline.spec.sms
+
+    def decode_work(batch: int) -> Work:
+        return roofline.decode_work(batch, batch * _CO_RUN_CONTEXT)
+
+    samples = []
+    for sm in (s for s in sms if s < total):
+        for new, batch in itertools.product(_CO_RUN_PREFILLS, _PREFILL_PARTNERS):
+            work = roofline.prefill_work(new, 0, 1)
+            latency = roofline.corun_ms(work, sm, decode_work(batch), total - sm)[0]
+            samples.append(Sample("prefill", sm, total, new, 0, 1, 0, True, latency))
+        for batch, new in itertools.product(_CO_RUN_DECODES, _DECODE_PARTNERS):
+            work = roofline.prefill_work(new, 0, 1)
+            latency = roofline.corun_ms(work, sm, decode_work(batch), total - sm)[1]
+            kv = batch * _CO_RUN_CONTEXT
+            samples.append(Sample("decode", total - sm, total, batch, 0, batch, kv, True, latency))
+    return samples
+
+
 def estimate_profile(
     config: dict[str, Any],
     model: ModelIdentity,
@@ -210,22 +323,24 @@ def estimate_profile(
     device: DeviceIdentity,
     source: str,
     max_tokens: int = 32768,
+    physics: Physics = CENTRAL_PHYSICS,
 ) -> LatencyModel:
-    """An ``estimated`` profile: the roofline of ``spec`` fitted into the model's form."""
-    roofline = Roofline(ModelShape.from_hf_config(config, model.dtype), spec)
+    """An ``estimated`` profile: the roofline of ``spec`` fitted into the model's form.
+
+    Its typical co-run slowdowns come from the roofline's shared-bandwidth
+    co-runs; its worst case, the planner's margin, stays the assumed
+    ``UNMEASURED_GUARD``: modelled co-runs are no measurement.
+    """
+    roofline = Roofline(ModelShape.from_hf_config(config, model.dtype), spec, physics)
     # Every 8th share is enough: between them predictions interpolate in 1/SM,
     # which is exact for the compute-bound part of a roofline.
     shares = share_grid(spec.sms, max(spec.granularity, 8))
     samples = roofline_samples(roofline, shares, max_tokens)
+    samples += roofline_co_run_samples(roofline, shares)
     info = {
         "peak_tflops": spec.peak_tflops,
         "bandwidth_gbs": spec.bandwidth_gbs,
-        "assumptions": {
-            "compute_efficiency": COMPUTE_EFFICIENCY,
-            "bandwidth_efficiency": BANDWIDTH_EFFICIENCY,
-            "bandwidth_saturation": BANDWIDTH_SATURATION,
-            "contention_guard": UNMEASURED_GUARD,
-        },
+        "assumptions": {**asdict(physics), "contention_guard": UNMEASURED_GUARD},
         "note": "errors are of the fitted form against the roofline, not against measurements",
     }
     return fit_latency_model(
@@ -237,6 +352,7 @@ def estimate_profile(
         estimated=True,
         info=info,
         sm_granularity=spec.granularity,
+        co_runs_measured=False,
     )
 
 
@@ -259,8 +375,8 @@ def measure_cpu_spec(threads: int, name: str) -> DeviceSpec:
     return DeviceSpec(
         name=name,
         sms=threads,
-        peak_tflops=flops / 1e12 / COMPUTE_EFFICIENCY,
-        bandwidth_gbs=bandwidth / 1e9 / BANDWIDTH_EFFICIENCY,
+        peak_tflops=flops / 1e12 / CENTRAL_PHYSICS.compute_efficiency,
+        bandwidth_gbs=bandwidth / 1e9 / CENTRAL_PHYSICS.bandwidth_efficiency,
         fixed_ms=2.0,
         per_layer_ms=0.5,
         granularity=1,

@@ -21,8 +21,7 @@ from drift_sgl.latency.identity import (
 )
 from drift_sgl.latency.model import LatencyModel, ProfileError
 from drift_sgl.latency.roofline import (
-    BANDWIDTH_EFFICIENCY,
-    COMPUTE_EFFICIENCY,
+    CENTRAL_PHYSICS,
     GPU_SPECS,
     DeviceSpec,
     estimate_profile,
@@ -73,8 +72,8 @@ def default_latency_model(
     if device.kind == "cpu":
         spec = measure_cpu_spec(device.total_sm, device.name)
         profile = estimate_profile(hf_config, model, spec, device, "cpu-calibration")
-        flops = spec.peak_tflops * 1e3 * COMPUTE_EFFICIENCY
-        bandwidth = spec.bandwidth_gbs * BANDWIDTH_EFFICIENCY
+        flops = spec.peak_tflops * 1e3 * CENTRAL_PHYSICS.compute_efficiency
+        bandwidth = spec.bandwidth_gbs * CENTRAL_PHYSICS.bandwidth_efficiency
         reason = (
             f"no --drift-profile: quick CPU calibration (measured {flops:.0f} GFLOP/s matmul, "
             f"{bandwidth:.0f} GB/s copy on {device.total_sm} threads), ESTIMATED"

@@ -16,8 +16,9 @@ search stops as soon as its attainment is certain to end below the bound
 
 Modelling assumptions (also returned under ``assumptions`` in the JSON):
   * time: each step lasts what the latency model predicts; no noise, no CPU
-    overhead beyond the profile's; a phase running beside the other takes the
-    profile's worst-case (contention-guarded) time, alone its solo time;
+    overhead beyond the profile's; a phase running beside the other takes its
+    solo time times the profile's typical co-run slowdown (the median of its
+    co-runs; the worst case where it has none), alone its solo time;
   * KV: ``2 * layers * kv_heads * head_dim * dtype bytes`` per token; capacity
     ``(0.85 * GPU memory - weights) / that``, weights ~ 2 bytes * 12 L h^2 * 1.15
     (the profile has no vocabulary size), GPU memory by device name, else
@@ -156,8 +157,9 @@ def assumptions(config: SimConfig, latency: LatencyModel, capacity: dict[str, An
         "load": "--rate: Poisson session starts (trace.with_session_rate, --seed); sessions "
         "are cycled (renamed copies, shared prefixes kept) until the starts span --window-s "
         "(default: the trace's own start span)",
-        "contention": "a phase running beside the other takes the profile's worst_case time "
-        "(contention guard) as its actual time; alone, its solo time",
+        "contention": "a phase running beside the other takes its solo time times the "
+        "profile's typical co-run slowdown (LatencyModel.co_run_slowdown: the median of its "
+        "co-runs, the worst case where it has none); alone, its solo time",
         "max_prefill_tokens": config.max_prefill_tokens,
         "routing": "session -> instance by crc32(session) % instances (sticky)",
         "slo": "TTFT = first token - arrival; TBT = P99 of the request's gaps between "

@@ -16,7 +16,8 @@ chooses the split and the layers, and in admission:
 
 Step time = max(decode step at the split's decode SMs, prefill block =
 layers/L of the gang's prefill at the split's prefill SMs); a phase running
-beside the other takes the profile's worst-case (contention-guarded) time.
+beside the other takes its solo time times the profile's typical co-run
+slowdown (``LatencyModel.co_run_slowdown``), not the planner's worst case.
 """
 
 from __future__ import annotations
@@ -232,14 +233,18 @@ class MuxInstance(Instance):
     def _block_ms(self, split: SmSplit, layers: int, beside_decode: bool) -> float:
         gang = self.gang
         assert gang is not None
-        full = self.latency.prefill_ms(
-            max(1, gang.new),
-            gang.prefix,
-            split.prefill_units,
-            worst_case=beside_decode,
-            batch_size=len(gang.reqs),
-        )
+        sm, new = split.prefill_units, max(1, gang.new)
+        full = self.latency.prefill_ms(new, gang.prefix, sm, batch_size=len(gang.reqs))
+        if beside_decode:
+            full *= self.latency.co_run_slowdown("prefill", sm, new)
         return full * layers / self.num_layers
+
+    def _decode_ms(self, units: int, beside_prefill: bool) -> float:
+        batch = self.batch
+        step = self.latency.decode_ms(batch.size, batch.kv_tokens, units)
+        if beside_prefill:
+            step *= self.latency.co_run_slowdown("decode", units, batch.size)
+        return step
 
     def _sync_step(self, split: SmSplit, layers: int) -> float | None:
         """The loop waits for both phases: max(decode step, prefill block)."""
@@ -247,7 +252,7 @@ class MuxInstance(Instance):
         both = layers > 0 and b > 0
         decode = prefill = 0.0
         if b:
-            decode = self.latency.decode_ms(b, self.batch.kv_tokens, split.decode_units, both)
+            decode = self._decode_ms(split.decode_units, both)
         if layers:
             prefill = self._block_ms(split, layers, both)
         self.mixed_steps += both
@@ -275,7 +280,7 @@ class MuxInstance(Instance):
             units = split.decode_units
             if busy:  # the queued blocks still hold their SMs
                 units = min(units, self.total_sm - self.prefill_units)
-            return self.latency.decode_ms(b, self.batch.kv_tokens, units, busy)
+            return self._decode_ms(units, busy)
         if self.gang is not None and busy:
             return self.prefill_until - now
         return None
