@@ -161,6 +161,29 @@ def test_a_block_never_outlasts_the_tpot_target():
     assert decision.prefill_layers == 1
 
 
+def test_replan_fits_the_layers_to_the_gang_admission_formed():
+    """Planned for 200 new tokens; the allocation evicted the prefix, so 4,000 came."""
+    model = LinearModel()
+    ask = decode_state(
+        decode_tpot_ms=4.0,
+        prefill_new_tokens=0,
+        prefill_batch_size=0,
+        prefill_layers_left=0,
+        waiting=(waiting("a", 200, 1e9, prefix=3800),),
+    )
+    decision = planner.decide(ask)
+    assert decision.admit == ("a",)
+    formed = replace(ask, prefill_new_tokens=4000, prefill_batch_size=1, prefill_layers_left=LAYERS)
+    again = planner.replan(decision, formed)
+    assert (again.admit, again.preempt, again.shed) == (decision.admit, False, ())
+    split = formed.splits[again.split_index]
+    per_layer = model.prefill_ms(4000, 0, split.prefill_units, worst_case=True) / LAYERS
+    assert again.prefill_layers * per_layer <= 4.0 < decision.prefill_layers * per_layer
+    # The gang that was planned gets the planned layers back: re-planning changes nothing.
+    planned = replace(formed, prefill_new_tokens=200, prefill_prefix_tokens=3800)
+    assert planner.replan(decision, planned) == decision
+
+
 def test_layers_are_capped_at_what_is_left():
     decision = planner.decide(decode_state(prefill_new_tokens=10, prefill_layers_left=2))
     assert decision.prefill_layers == 2

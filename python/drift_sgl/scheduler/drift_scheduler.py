@@ -4,11 +4,12 @@ One step of the loop (docs/architecture.md walks through it):
   1. ingest requests (SGLang; in ``event_loop_pdmux``), then SGLang's per-step
      housekeeping (pending chunked aborts, hierarchical-cache events);
   2. drop finished requests from the running batch;
-  3. if no prefill gang is in flight (and SGLang's --prefill-decode-interval
-     does not defer prefill), admit one from the waiting queue with SGLang's
-     own admission (radix-cache prefix matching included);
-  4. prepare the decode step of the running batch (SGLang, may retract);
-  5. ask the policy for a split and a number of prefill layers;
+  3. ask the policy for a split, a number of prefill layers and (the SLO
+     planner) the requests to admit; the layer-budget rule lets SGLang admit
+     first, when no gang is in flight;
+  4. admit them with SGLang's own admission (radix-cache prefix matching
+     included); for a gang formed, the planner re-plans split and layers;
+  5. prepare the decode step of the running batch (SGLang, may retract);
   6. launch decode in the decode partition, the next prefill layer block in
      the prefill partition, then wait for decode and process its result;
   7. when the gang's last layer block has completed, process its result
@@ -202,6 +203,8 @@ class DriftScheduler(Scheduler):
         self._shed(decision.shed)
         if self._planner_admits:
             self._admit(decision)
+            if self._mux_counters.gangs_started > started_before:
+                decision = self._replan(decision)
         decode_batch = self._prepare_decode()
         if self._gang is None and decode_batch is None and self._work_waiting():
             self._admit_when_idle()
@@ -347,6 +350,24 @@ class DriftScheduler(Scheduler):
                 self._gang = self._start_gang(None)
             return LayerBudgetRule().decide(MuxState(**self._base_state(self._decoding())))
 
+    def _replan(self, decision: MuxDecision) -> MuxDecision:
+        """The split and layers for the gang admission really formed (``SloPlanner.replan``).
+
+        Every TP rank re-plans on its own: without waiting requests the planner
+        reads no clock, and the gang, the decode batch, the free KV and the
+        previous split are the same on every rank. A planner error keeps the
+        first decision.
+        """
+        try:
+            decision = self._mux_policy.replan(decision, self._mux_state(with_waiting=False))
+        except Exception:
+            self._mux_counters.planner_errors += 1
+            if self._mux_counters.planner_errors == 1:
+                logger.exception("drift: the planner failed to re-plan; the first plan stands")
+            return decision
+        self._previous_split = decision.split_index
+        return decision
+
     def _decoding(self) -> list:
         """Requests of the running batch that take part in this step's decode."""
         running = self.running_batch
@@ -363,7 +384,7 @@ class DriftScheduler(Scheduler):
             splits=self._partition.splits,
         )
 
-    def _mux_state(self) -> MuxState:
+    def _mux_state(self, with_waiting: bool = True) -> MuxState:
         decoding = self._decoding()
         state = self._base_state(decoding)
         if not self._planner_admits:
@@ -387,7 +408,9 @@ class DriftScheduler(Scheduler):
                 self._mux_counters.gangs_merged,
                 self.new_token_ratio_tracker.current,
                 self._priority_sign(),
-            ),
+            )
+            if with_waiting
+            else (),
             kv_free_tokens=int(
                 self.token_to_kv_pool_allocator.available_size() + self.tree_cache.evictable_size()
             ),

@@ -124,10 +124,11 @@ class MuxInstance(Instance):
             req.peek = (version, view)
         return req.peek[1]
 
-    def _state(self) -> MuxState:
+    def _state(self, with_waiting: bool = True) -> MuxState:
         gang, batch = self.gang, self.batch
         # Deadlines are arrival + one TTFT target, so arrival order is deadline order.
-        waiting = tuple(self._view(r) for r in self.waiting) if self.use_planner else ()
+        with_waiting = with_waiting and self.use_planner
+        waiting = tuple(self._view(r) for r in self.waiting) if with_waiting else ()
         return MuxState(
             decode_batch_size=batch.size,
             prefill_new_tokens=gang.new if gang else 0,
@@ -205,7 +206,11 @@ class MuxInstance(Instance):
         # although the planner sees no layers left to launch).
         if decision.admit and (self.gang is None or decision.preempt):
             by_rid = {r.rid: r for r in self.waiting}
+            before = self.gang
             self._form_gang([by_rid[rid] for rid in decision.admit], decision.preempt)
+            if self.gang is not before:
+                decision = self.policy.replan(decision, self._state(with_waiting=False))
+                self.previous_split = decision.split_index
         split = self.splits[decision.split_index]
         gang, batch = self.gang, self.batch
         layers = min(decision.prefill_layers, gang.layers_left) if gang else 0
