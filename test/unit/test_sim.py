@@ -11,6 +11,7 @@ import pytest
 
 from drift_sgl.latency.model import ContentionGuard, LatencyModel
 from drift_sgl.partition.base import SmSplit
+from drift_sgl.partition.sm_layout import SmGranularity, planned_split_table
 from drift_sgl.policy import MuxState, SloPlanner
 from drift_sgl.rate_search import find_goodput
 from drift_sgl.sim import cli
@@ -185,15 +186,17 @@ def test_split_tables(latency):
         *(SmSplit(p, 132 - p) for p in (112, 104, 96, 88, 80, 72)),
         SmSplit(0, 132),
     )
-    table = drift_splits(132, 8)
+    # drift plans over the table its server builds (--drift-splits auto), not its own.
+    table = drift_splits(latency.device)
+    assert table == planned_split_table(132, SmGranularity(8, 8))
     assert table[0] == SmSplit(132, 0) and table[-1] == SmSplit(0, 132)
-    assert [s.decode_units for s in table[1:-1]] == list(range(8, 125, 8))
+    assert [s.decode_units for s in table[1:-1]] == [16, 32, 48, 64, 80, 96]
 
 
 @pytest.mark.parametrize(("batch", "kv"), [(1, 100), (64, 200_000), (400, 440_000)])
 def test_planner_shortcut_matches_the_planner(latency, batch, kv):
     """The simulator skips the planner when it has nothing to decide (decode only)."""
-    splits = drift_splits(132, 8)
+    splits = drift_splits(latency.device)
     state = MuxState(
         decode_batch_size=batch,
         prefill_new_tokens=0,

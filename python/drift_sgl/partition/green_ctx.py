@@ -34,11 +34,9 @@ from typing import Any
 from drift_sgl.partition.base import SmSplit
 from drift_sgl.partition.sm_layout import (
     SmGranularity,
-    auto_pairs,
     driver_granularity,
-    granted_pairs,
     granularity_for,
-    split_table,
+    planned_split_table,
 )
 from drift_sgl.partition.stream_pairs import StreamPair, StreamPairBackend
 
@@ -288,10 +286,9 @@ def build_green_context_backend(
         except (ImportError, OSError, RuntimeError) as err:
             reasons.append(f"{provider_type.name}: {err}")
             continue
-        pairs = auto_pairs(total, granularity) if requested is None else requested
-        mixed = granted_pairs(pairs, total, granularity)
+        table = planned_split_table(total, granularity, requested)
         try:
-            return _backend(provider, device, total, granularity, mixed)
+            return _backend(provider, device, total, granularity, table)
         except (OSError, RuntimeError) as err:
             reasons.append(f"{provider.name}: {err}")
     raise GreenContextUnavailable("; ".join(reasons))
@@ -302,7 +299,7 @@ def _backend(
     device: int,
     total: int,
     granularity: SmGranularity,
-    mixed: tuple[tuple[int, int], ...],
+    table: tuple[SmSplit, ...],
 ) -> StreamPairBackend:
     import torch
 
@@ -313,7 +310,7 @@ def _backend(
             raw.release()
 
     try:
-        for split in split_table(total, mixed):
+        for split in table:
             raws.append(provider.create(device, split.prefill_units, split.decode_units))
     except Exception:
         close()

@@ -150,3 +150,18 @@ def split_table(total_sms: int, mixed: tuple[tuple[int, int], ...]) -> tuple[SmS
         *(SmSplit(prefill_units=p, decode_units=d) for p, d in mixed),
         SmSplit(prefill_units=0, decode_units=total_sms),
     )
+
+
+def planned_split_table(
+    total_sms: int,
+    granularity: SmGranularity,
+    requested: tuple[tuple[int, int], ...] | None = None,
+) -> tuple[SmSplit, ...]:
+    """The table a backend builds: the ``requested`` pairs (``--drift-splits``) or the
+    automatic set, as the driver grants them, between prefill only and decode only.
+
+    The simulator builds drift's table with it too, so it plans over the splits
+    the server would have.
+    """
+    pairs = auto_pairs(total_sms, granularity) if requested is None else requested
+    return split_table(total_sms, granted_pairs(pairs, total_sms, granularity))

@@ -140,13 +140,12 @@ def cpu_stream_backend(
     """
     import torch
 
-    from drift_sgl.partition.sm_layout import SmGranularity, auto_pairs, granted_pairs, split_table
+    from drift_sgl.partition.sm_layout import SmGranularity, planned_split_table
 
     if threads < 2:
         raise ValueError("cpu-streams needs at least 2 threads to split")
     unit = SmGranularity(1, 1)
-    pairs = auto_pairs(threads, unit) if requested is None else requested
-    table = split_table(threads, granted_pairs(pairs, threads, unit))
+    table = planned_split_table(threads, unit, requested)
     return StreamPairBackend(
         "cpu-streams",
         threads,

@@ -129,7 +129,7 @@ def derive_kv_capacity(latency: LatencyModel) -> tuple[int, dict[str, Any]]:
 
 def assumptions(config: SimConfig, latency: LatencyModel, capacity: dict[str, Any]) -> dict:
     """The modelling choices behind the figures, as data (the module docstrings argue them)."""
-    total, g = latency.device.total_sm, latency.sm_granularity
+    total = latency.device.total_sm
     out: dict[str, Any] = {
         "profile": {
             "source": latency.source,
@@ -171,7 +171,7 @@ def assumptions(config: SimConfig, latency: LatencyModel, capacity: dict[str, An
     policy = config.policy
     if policy in ("drift", "pdmux"):
         if policy == "drift":
-            splits = drift_splits(total, g)
+            splits = drift_splits(latency.device)
         else:
             splits = pdmux_splits(total, latency.device.name)
         out["splits"] = ", ".join(f"{s.prefill_units}:{s.decode_units}" for s in splits)

@@ -7,8 +7,7 @@ chooses the split and the layers, and in admission:
 * ``drift``: ``SloPlanner(latency, overload="serve")``, the object the server
   uses, decides everything (split, layers, admission in deadline order,
   pre-emption) from a ``MuxState`` built like the scheduler builds it. Split
-  table as the green-context backend builds it: every multiple of the SM
-  granularity.
+  table as the server's backend builds it (``planned_split_table``).
 * ``pdmux``: upstream's ``divide_sm`` table (sm_group_num 8), the split and
   layers from ``LayerBudgetRule`` (budget 65536 tokens, decode_bs_divisor 36),
   and SGLang's admission: when no gang is in flight, FCFS up to 16384 new
@@ -25,7 +24,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from drift_sgl.latency.identity import DeviceIdentity
 from drift_sgl.partition.base import SmSplit
+from drift_sgl.partition.sm_layout import SmGranularity, planned_split_table
 from drift_sgl.policy import LayerBudgetRule, MuxDecision, MuxState, SloPlanner, WaitingRequest
 from drift_sgl.sim.engine import Instance, Request, SimError
 
@@ -33,11 +34,18 @@ from drift_sgl.sim.engine import Instance, Request, SimError
 PDMUX_SM_GROUPS = 8
 
 
-def drift_splits(total_sm: int, granularity: int) -> tuple[SmSplit, ...]:
-    """Prefill-only, then decode shares g, 2g, ... up to total - g, then decode-only."""
-    g = granularity or 8
-    mixed = [SmSplit(total_sm - d, d) for d in range(g, total_sm - g + 1, g)]
-    return (SmSplit(total_sm, 0), *mixed, SmSplit(0, total_sm))
+def drift_splits(device: DeviceIdentity) -> tuple[SmSplit, ...]:
+    """The table drift's server builds on ``device`` with ``--drift-splits auto``.
+
+    GPU: green-context granularity by family (``arch_constraints``); CPU: any
+    thread count, as the server's cpu-streams backend.
+    """
+    unit = (
+        SmGranularity(1, 1)
+        if device.kind == "cpu"
+        else SmGranularity(*arch_constraints(device.name))
+    )
+    return planned_split_table(device.total_sm, unit)
 
 
 def arch_constraints(device_name: str) -> tuple[int, int]:
@@ -90,7 +98,7 @@ class MuxInstance(Instance):
         cfg, lat = self.config, self.latency
         if planner:
             self.policy = SloPlanner(lat, overload="serve")
-            self.splits = drift_splits(self.total_sm, lat.sm_granularity)
+            self.splits = drift_splits(lat.device)
         else:
             self.policy = LayerBudgetRule(
                 layer_budget_tokens=cfg.pdmux_layer_budget_tokens,
