@@ -116,7 +116,7 @@ def one(task: dict[str, Any]) -> dict[str, Any]:
     found = best is not None
     anchor = best["rate_sessions_per_s"] if found else min(s["rate"] for s in search)
     sweep = []
-    for fraction in SWEEP:
+    for fraction in SWEEP if task.get("sweep", True) else ():
         row = evaluate(anchor * fraction, SWEEP_STOP_BELOW)
         point = {"rate": row["rate_sessions_per_s"], "slo_attainment": row["slo_attainment"]}
         if row.get("stopped_early"):

@@ -23,3 +23,21 @@ def test_chunked_is_reported_at_its_best_chunk_size(capsys):
     assert chunked["chunk_sweep"][str(chunked["chunk_size"])] == chunked["goodput_rps_per_gpu"]
     assert set(report["results"]) == {"drift", "chunked"}
     assert report["drift_over"]["chunked"] is not None
+
+
+def test_sensitivity_reports_every_variant_against_the_best_chunk_size(capsys):
+    load_script(SCRIPT, "sim_goodput")  # what the script imports
+    sensitivity = load_script(SCRIPT.with_name("sim_sensitivity.py"), "sim_sensitivity")
+    argv = ["--constants", "overlap_loss", "--traces", "agent", "--sessions", "4"]
+    argv += ["--chunk-sizes", "256", "2048", "--bisect-steps", "1", "--jobs", "1", "--markdown"]
+    assert sensitivity.main(argv) == 0
+    out, err = capsys.readouterr()
+    report = json.loads(out)
+    assert list(report["variants"]) == ["central", "overlap_loss=0", "overlap_loss=0.5"]
+    for row in (v["agent"] for v in report["variants"].values()):
+        assert row["chunked_rate"] == max(row["chunk_sweep"].values())
+        assert row["drift_over_chunked"] == round(row["drift_rate"] / row["chunked_rate"], 3)
+    # Without the overlap loss short chunks are cheap: chunked can only gain.
+    rates = {name: v["agent"]["chunk_sweep"]["256"] for name, v in report["variants"].items()}
+    assert rates["overlap_loss=0"] >= rates["central"] >= rates["overlap_loss=0.5"]
+    assert "| overlap_loss=0.5 |" in err
