@@ -2,7 +2,8 @@
 # Issue 5's GPU evidence that needs no SGLang, in one command on a GPU machine
 # (about 5-8 minutes on an H100): versions, the sgl-kernel-ext build, the tests
 # marked gpu (green-context table, SM-id probe, ordering, per-split graphs) and
-# the microbench. Needs torch, pytest and nvcc there; writes at most 8 files.
+# the microbench, whose samples.jsonl fits a measured profile (bench/gpu/README.md).
+# Needs torch, pytest and nvcc there; writes at most 8 files.
 #
 #   bash bench/gpu/device_check.sh OUT_DIR        (the device tool: OUT_DIR=$OUT)
 #

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import itertools
 import json
 import platform
 import statistics
@@ -64,10 +65,13 @@ class Options:
     smoke: bool = False  # CPU self-test: tiny shapes, phases take turns, no graphs/probe
     quick: bool = False  # fewer sizes: about 2 minutes on an H100
     allow_time_mux: bool = False  # without green contexts, measure the phases taking turns
-    prefill_tokens: tuple[int, ...] = (512, 2048, 8192)  # new tokens per prefill block
+    prefill_tokens: tuple[int, ...] = (128, 512, 2048, 8192)  # new tokens per prefill block
     prefill_layers: int = 4  # layers per prefill block
     decode_batches: tuple[int, ...] = (8, 32, 128)
     context: int = 2048  # KV tokens per decode request
+    #: More KV tokens per request for solo decode steps: the profile fit needs more
+    #: than one context to tell the per-sequence cost from the KV read.
+    decode_contexts: tuple[int, ...] = (512, 8192)
     decode_layers: int | None = None  # model depth; None: num_hidden_layers
     headline_batch: int = 64
     tpot_ms: float | None = 50.0  # None (smoke only): derived from the measured step times
@@ -80,8 +84,10 @@ class Options:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "quick": dict(prefill_tokens=(2048,), decode_batches=(32,), warmup=2, repeats=5),
+    "quick": dict(prefill_tokens=(2048,), decode_batches=(32,), decode_contexts=(8192,),
+                  warmup=2, repeats=5),
     "smoke": dict(prefill_tokens=(32, 64), decode_batches=(2, 4), prefill_layers=1, context=32,
+                  decode_contexts=(64,),
                   headline_batch=4, tpot_ms=None, warmup=1, repeats=3, chunk_granule=16,
                   max_chunk=1024, weight_sets=2),
 }  # fmt: skip
@@ -308,6 +314,65 @@ def stage_decode_and_corun(b: Bench, solo_prefill: list, out: dict[str, list]) -
             del decode  # the graph and its memory pool
             b.release()
         del kv
+    stage_decode_contexts(b, out)
+
+
+def stage_decode_contexts(b: Bench, out: dict[str, list]) -> None:
+    """Solo decode steps at the other contexts of ``--decode-contexts``, every split."""
+    for batch, context in itertools.product(b.opts.decode_batches, b.opts.decode_contexts):
+        if context == b.opts.context:
+            continue
+        kv, x = b.model.kv_cache(batch, context), b.model.tokens(batch)
+        b.release()
+        for i, split in enumerate(b.backend.splits):
+            if not split.decode_units:
+                continue
+            pair = b.backend.pair(i)
+            decode = decode_runner(b, pair.decode, x, kv)
+            solo = time_solo(b, pair.decode, decode)
+            row = dict(split_index=i, decode_sms=split.decode_units, batch=batch, **solo)
+            out["decode"].append({**row, "context": context, "layers": b.layers})
+            progress("solo-decode", f"split {i} B={batch} context {context}: {ms(solo)}")
+            del decode
+            b.release()
+        del kv
+
+
+def profile_samples(result: dict[str, Any], device: str, model: dict[str, Any]) -> list[dict]:
+    """The measurements as latency samples (drift_sgl.latency.samples), for
+    ``python -m drift_sgl.profile fit``: solo and co-run prefill, scaled from the
+    measured block to all layers, and solo and co-run decode steps. Decode steps
+    have no LM head; prefills have no prefix (see bench/gpu/README.md)."""
+    total = result["environment"]["partition"]["total_units"]
+    layers = result["model"]["model_layers"]
+    scale = layers / result["options"]["prefill_layers"]
+    extra = {"device": device, "model": model, "source": "mux_microbench"}
+
+    def sample(phase: str, sm: int, new: int, batch: int, kv: int, co_run: bool, ms: float):
+        return {**extra, "phase": phase, "sm": sm, "total_sm": total, "new_tokens": new,
+                "prefix_tokens": 0, "batch_size": batch, "kv_tokens": kv, "co_run": co_run,
+                "latency_ms": ms}  # fmt: skip
+
+    rows = [
+        sample("prefill", r["prefill_sms"], r["tokens"], 1, 0, False, r["median_ms"] * scale)
+        for r in result["solo"]["prefill"]
+        if r["median_ms"]
+    ]
+    for r in result["solo"]["decode"]:
+        if r["median_ms"]:
+            kv = r["batch"] * r["context"]
+            ms = r["median_ms"]
+            rows.append(sample("decode", r["decode_sms"], r["batch"], r["batch"], kv, False, ms))
+    context = result["options"]["context"]
+    for r in result["corun"] if result["mode"] == "green-ctx" else ():
+        if r["prefill_corun_ms"]:
+            ms = r["prefill_corun_ms"] * scale
+            rows.append(sample("prefill", r["prefill_sms"], r["prefill_tokens"], 1, 0, True, ms))
+        if r["decode_corun_ms"]:
+            kv = r["batch"] * context
+            ms = r["decode_corun_ms"]
+            rows.append(sample("decode", r["decode_sms"], r["batch"], r["batch"], kv, True, ms))
+    return rows
 
 
 def corun_row(b: Bench, i: int, batch: int, n: int, solo_d: float, solo_p: float,
@@ -519,6 +584,31 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     return True
 
 
+def write_samples(result: dict[str, Any], opts: Options) -> None:
+    """samples.jsonl beside the JSON, and the command that fits a profile from it."""
+    from drift_sgl.latency.identity import ModelIdentity
+
+    if opts.smoke:
+        shapes = result["model"]
+        device = "cpu (mux_microbench smoke)"
+        model = ModelIdentity(
+            architecture="LlamaForCausalLM",
+            num_layers=shapes["model_layers"],
+            hidden_size=shapes["hidden"],
+            num_heads=shapes["heads"],
+            num_kv_heads=shapes["kv_heads"],
+            dtype="float32",
+        )
+    else:
+        device = result["environment"]["gpu"]
+        model = ModelIdentity.from_hf_config(json.loads(opts.model_config.read_text()), "bfloat16")
+    rows = profile_samples(result, device, model.to_json())
+    path = opts.out / "samples.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    progress("samples", f"{len(rows)} samples -> {path}; a profile: PYTHONPATH=python python -m "
+             f"drift_sgl.profile fit --samples {path} --out profile.json")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     opts = parse_options(argv)
     if not opts.smoke and not torch.cuda.is_available():
@@ -545,6 +635,7 @@ def main(argv: list[str] | None = None) -> int:
     result["plot"] = "mux_microbench.png" if plot(result, opts.out / "mux_microbench.png") else None
     out = opts.out / "mux_microbench.json"
     out.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    write_samples(result, opts)
     head, mux = result["headline"], result["headline"]["mux"]
     print(f"mux_microbench [{result['mode']}, {result['environment']['gpu'] or 'CPU'}] TPOT "
           f"{head['tpot_ms']} ms, B={head['batch']}: mux {mux['tokens_per_s']} tok/s (split "

@@ -110,6 +110,59 @@ def test_smoke_json_has_every_section_with_numbers(smoke):
     assert head["mux"]["split_index"] in {1, 2}  # a mixed split of the fake table
 
 
+def test_smoke_writes_samples_a_profile_is_fitted_from(smoke, tmp_path):
+    from drift_sgl.latency import LatencyModel, read_samples
+    from drift_sgl.profile.cli import main as profile_main
+
+    r, path = smoke.result, smoke.out / "samples.jsonl"
+    samples = read_samples(path)
+    solo = r["solo"]
+    assert len(samples) == len(solo["prefill"]) + len(solo["decode"])
+    assert not any(s.co_run for s in samples)  # taking turns is no co-run
+    # Decode at more than one context, so the fit can tell batch from KV.
+    contexts = {s.kv_tokens // s.batch_size for s in samples if s.phase == "decode"}
+    assert contexts == {r["options"]["context"], *r["options"]["decode_contexts"]}
+    # A block of prefill layers is scaled to the whole model.
+    block = solo["prefill"][0]
+    full = next(s for s in samples if s.phase == "prefill")
+    assert full.latency_ms == pytest.approx(
+        block["median_ms"] * r["model"]["model_layers"] / r["options"]["prefill_layers"]
+    )
+    out = tmp_path / "profile.json"
+    profile_main(["fit", "--samples", str(path), "--out", str(out), "--force"])
+    profile = LatencyModel.load(out)
+    assert profile.device.name == "cpu (mux_microbench smoke)" and profile.model.num_layers == 2
+    assert profile.decode_ms(4, 4 * 64, 4) > 0
+
+
+def test_green_context_co_runs_become_co_run_samples(bench_module):
+    result = {
+        "mode": "green-ctx",
+        "environment": {"partition": {"total_units": 132}},
+        "model": {"model_layers": 32},
+        "options": {"prefill_layers": 4, "context": 2048},
+        "solo": {"prefill": [], "decode": []},
+        "corun": [
+            {
+                "prefill_sms": 100,
+                "decode_sms": 32,
+                "batch": 8,
+                "prefill_tokens": 512,
+                "prefill_corun_ms": 5.0,
+                "decode_corun_ms": 9.0,
+            }
+        ],
+    }
+    rows = bench_module.profile_samples(result, "NVIDIA H200", {"architecture": "x"})
+    prefill, decode = rows
+    assert (prefill["phase"], prefill["sm"], prefill["co_run"]) == ("prefill", 100, True)
+    assert prefill["latency_ms"] == 40.0 and prefill["new_tokens"] == 512
+    assert (decode["phase"], decode["sm"], decode["kv_tokens"]) == ("decode", 32, 8 * 2048)
+    assert decode["latency_ms"] == 9.0 and decode["device"] == "NVIDIA H200"
+    # Taking turns (time-mux) is not a co-run.
+    assert bench_module.profile_samples({**result, "mode": "time-mux"}, "g", {}) == []
+
+
 def test_smoke_png(smoke):
     try:
         import matplotlib  # noqa: F401
