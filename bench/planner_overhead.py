@@ -24,16 +24,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from drift_sgl.latency import LatencyModel
-from drift_sgl.partition.base import SmSplit
+from drift_sgl.partition.sm_layout import SmGranularity, planned_split_table
 from drift_sgl.policy import MuxState, SloPlanner, WaitingRequest
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PROFILE = ROOT / "bench" / "profiles" / "llama-3.1-8b-h100.estimate.json"
-
-
-def split_table(total: int, step: int) -> tuple[SmSplit, ...]:
-    mixed = [SmSplit(total - d, d) for d in range(step, total - step + 1, step)]
-    return (SmSplit(total, 0), *mixed, SmSplit(0, total))
 
 
 def waiting_queue(count: int, now_ms: float, rng: random.Random) -> tuple[WaitingRequest, ...]:
@@ -68,12 +63,14 @@ def main() -> int:
     planner = SloPlanner(model)
     rng = random.Random(args.seed)
     layers = model.model.num_layers
+    step = max(1, model.sm_granularity)
     base = MuxState(
         decode_batch_size=args.running,
         prefill_new_tokens=0,
         prefill_layers_left=0,
         num_layers=layers,
-        splits=split_table(model.device.total_sm, max(1, model.sm_granularity)),
+        # The table the server builds (--drift-splits auto).
+        splits=planned_split_table(model.device.total_sm, SmGranularity(step, step)),
         concurrent=True,
         decode_tpot_ms=args.tpot_slo_ms,
         kv_free_tokens=200_000,
