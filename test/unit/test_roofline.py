@@ -77,15 +77,24 @@ def test_an_estimate_keeps_the_assumed_margin_and_the_modelled_typical_slowdown(
     profile = estimate_profile(
         CONFIG, model, spec, DeviceIdentity("cuda", spec.name, spec.sms), "estimate:h100"
     )
-    # The planner's worst case is the assumption, not the model's co-runs.
-    assert profile.guard.ratios == {}
-    assert profile.decode_ms(32, 32 * 1024, 66, worst_case=True) == pytest.approx(
-        UNMEASURED_GUARD * profile.decode_ms(32, 32 * 1024, 66)
-    )
     # The simulator's typical slowdown is the model's: heavy for short chunks only.
     assert profile.co_run_slowdown("prefill", 66, 128) > 1.2
     assert profile.co_run_slowdown("prefill", 66, 4096) == pytest.approx(1.0)
     assert 1.0 <= profile.co_run_slowdown("decode", 66, 32) < UNMEASURED_GUARD
+    # The planner's worst case is the assumed margin, or the typical slowdown
+    # where that is higher: the plan never expects less than the simulation charges.
+    assert profile.decode_ms(32, 32 * 1024, 66, worst_case=True) == pytest.approx(
+        UNMEASURED_GUARD * profile.decode_ms(32, 32 * 1024, 66)
+    )
+    for sm in (8, 40, 66, 100, 124):
+        for new in (128, 256, 700, 2048, 16384):
+            typical = profile.co_run_slowdown("prefill", sm, new)
+            # (at least: fewer SMs are never guarded less than more)
+            assert profile.guard.factor("prefill", sm, new) >= max(UNMEASURED_GUARD, typical)
+    # A long prefill is not charged a short chunk's margin.
+    assert profile.guard.factor("prefill", 66, 4096) == UNMEASURED_GUARD < (
+        profile.guard.factor("prefill", 66, 128)
+    )
     assert profile.info["assumptions"]["overlap_loss"] == CENTRAL_PHYSICS.overlap_loss
 
 

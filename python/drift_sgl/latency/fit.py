@@ -198,15 +198,22 @@ def fit_guard(
 ) -> ContentionGuard:
     """Co-run/solo ratios per phase, SM count and size bucket: worst and median.
 
-    The worst (never below 1) is filled and made monotone, so
-    worst-case predictions are monotone like the solo ones: per SM count, a
+    The median (never below 1) is kept as observed: the typical slowdown a
+    simulation charges. The worst (never below 1) is filled and made monotone,
+    so worst-case predictions are monotone like the solo ones: per SM count, a
     bucket takes the worst ratio of any bucket up to it (a bucket below every
     observation takes the first one); per bucket, an SM count takes the worst
-    ratio of any count from it up (fewer SMs are never guarded less). The
-    median (never below 1) is kept as observed: the typical slowdown a
-    simulation charges. A phase without co-runs uses ``UNMEASURED_GUARD``, and
-    so does every phase when the co-runs are modelled (``measured=False``): a
-    model's worst case is no planning margin.
+    ratio of any count from it up (fewer SMs are never guarded less). A phase
+    without co-runs uses ``UNMEASURED_GUARD``.
+
+    Modelled co-runs (``measured=False``, an estimate) are no measurement of
+    the worst case: the planner's margin there is the assumed
+    ``UNMEASURED_GUARD``, raised to the typical slowdown where that is higher
+    (short prefills beside decode), so that the plan never expects less than
+    the simulation charges. Such a table is only made monotone across SM
+    counts: along sizes it falls where the model says short chunks suffer most,
+    and filling it upwards would charge every long prefill a short chunk's
+    slowdown.
     """
     observed: dict[str, dict[int, dict[int, list[float]]]] = {}
     for sample in co_runs:
@@ -223,15 +230,19 @@ def fit_guard(
             for phase, by_sm in observed.items()
         }
 
-    worst = reduce(lambda ratios: max(1.0, *ratios)) if measured else {}
+    if measured:
+        worst = reduce(lambda ratios: max(1.0, *ratios))
+        ratios = {p: _never_less_with_fewer_sms(_filled_up(t)) for p, t in worst.items()}
+    else:
+        margin = reduce(lambda ratios: max(UNMEASURED_GUARD, statistics.median(ratios)))
+        ratios = {p: _never_less_with_fewer_sms(t) for p, t in margin.items()}
     return ContentionGuard(
-        ratios={phase: _monotone_table(by_sm) for phase, by_sm in worst.items()},
-        default=UNMEASURED_GUARD,
-        expected=reduce(statistics.median),
+        ratios=ratios, default=UNMEASURED_GUARD, expected=reduce(statistics.median)
     )
 
 
-def _monotone_table(by_sm: dict[int, dict[int, float]]) -> dict[int, dict[int, float]]:
+def _filled_up(by_sm: dict[int, dict[int, float]]) -> dict[int, dict[int, float]]:
+    """Per SM count, every bucket: the worst of any bucket up to it."""
     buckets = sorted({b for row in by_sm.values() for b in row})
     table: dict[int, dict[int, float]] = {}
     for sm, row in by_sm.items():
@@ -241,12 +252,19 @@ def _monotone_table(by_sm: dict[int, dict[int, float]]) -> dict[int, dict[int, f
             worst = max(worst, row.get(bucket, first if bucket < min(row) else worst))
             filled[bucket] = worst
         table[sm] = filled
-    above: dict[int, float] = {}
-    for sm in sorted(table, reverse=True):
-        for bucket in buckets:
-            above[bucket] = max(above.get(bucket, 1.0), table[sm][bucket])
-            table[sm][bucket] = above[bucket]
     return table
+
+
+def _never_less_with_fewer_sms(table: dict[int, dict[int, float]]) -> dict[int, dict[int, float]]:
+    """Per bucket, an SM count takes the worst factor of any count from it up."""
+    above: dict[int, float] = {}
+    out: dict[int, dict[int, float]] = {}
+    for sm in sorted(table, reverse=True):
+        out[sm] = {}
+        for bucket, factor in sorted(table[sm].items()):
+            above[bucket] = max(above.get(bucket, 1.0), factor)
+            out[sm][bucket] = above[bucket]
+    return out
 
 
 def split_holdout(
@@ -280,8 +298,8 @@ def fit_latency_model(
     The held-out error belongs to a fit on the remaining samples; the returned
     model is then refitted on all of them. ``sm_granularity`` defaults to the
     largest step that divides every profiled share. With
-    ``co_runs_measured=False`` (an estimate's modelled co-runs) the co-runs give
-    the typical slowdown only; the planner's margin stays the assumed one.
+    ``co_runs_measured=False`` (an estimate's modelled co-runs) the worst case
+    is the assumed margin, or the typical slowdown where that is higher.
     """
     if not 0 <= holdout < 1:
         raise FitError(f"holdout must be in [0, 1), got {holdout}")

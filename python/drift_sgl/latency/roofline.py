@@ -328,8 +328,9 @@ def estimate_profile(
     """An ``estimated`` profile: the roofline of ``spec`` fitted into the model's form.
 
     Its typical co-run slowdowns come from the roofline's shared-bandwidth
-    co-runs; its worst case, the planner's margin, stays the assumed
-    ``UNMEASURED_GUARD``: modelled co-runs are no measurement.
+    co-runs; its worst case, the planner's margin, is the assumed
+    ``UNMEASURED_GUARD`` or the typical slowdown where that is higher
+    (``fit.fit_guard``): modelled co-runs are no measurement of a worst case.
     """
     roofline = Roofline(ModelShape.from_hf_config(config, model.dtype), spec, physics)
     # Every 8th share is enough: between them predictions interpolate in 1/SM,
