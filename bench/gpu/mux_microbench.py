@@ -284,6 +284,21 @@ def stage_solo_prefill(b: Bench) -> list[dict[str, Any]]:
     return rows
 
 
+def solo_decode(
+    b: Bench, i: int, x: torch.Tensor, kv: Any, context: int, out: dict[str, list]
+) -> tuple[Fn, dict[str, Any]]:
+    """The decode step of ``x`` on split ``i`` (its runner, and its solo time, recorded)."""
+    split, stream = b.backend.splits[i], b.backend.pair(i).decode
+    decode = decode_runner(b, stream, x, kv)
+    solo = time_solo(b, stream, decode)
+    batch = x.shape[0]
+    row = dict(split_index=i, decode_sms=split.decode_units, batch=batch, **solo)
+    out["decode"].append({**row, "context": context, "layers": b.layers})
+    progress("solo-decode", f"split {i} ({split.decode_units} SMs) B={batch} context {context}: "
+             f"{ms(solo)}")  # fmt: skip
+    return decode, solo
+
+
 def stage_decode_and_corun(b: Bench, solo_prefill: list, out: dict[str, list]) -> None:
     """Solo decode per (batch, split); on mixed splits, co-run with each prefill size."""
     opts = b.opts
@@ -296,11 +311,7 @@ def stage_decode_and_corun(b: Bench, solo_prefill: list, out: dict[str, list]) -
             if not split.decode_units:
                 continue
             pair = b.backend.pair(i)
-            decode = decode_runner(b, pair.decode, x, kv)
-            solo = time_solo(b, pair.decode, decode)
-            row = dict(split_index=i, decode_sms=split.decode_units, batch=batch, **solo)
-            out["decode"].append({**row, "context": opts.context, "layers": b.layers})
-            progress("solo-decode", f"split {i} ({split.decode_units} SMs) B={batch}: {ms(solo)}")
+            decode, solo = solo_decode(b, i, x, kv, opts.context, out)
             for n in opts.prefill_tokens if split.prefill_units else ():
                 solo_p = prefill_ms[(i, n)]
                 runs = corun(b, pair, prefill_fn(b, xs[n]), decode, solo_p, solo["median_ms"])
@@ -327,13 +338,7 @@ def stage_decode_contexts(b: Bench, out: dict[str, list]) -> None:
         for i, split in enumerate(b.backend.splits):
             if not split.decode_units:
                 continue
-            pair = b.backend.pair(i)
-            decode = decode_runner(b, pair.decode, x, kv)
-            solo = time_solo(b, pair.decode, decode)
-            row = dict(split_index=i, decode_sms=split.decode_units, batch=batch, **solo)
-            out["decode"].append({**row, "context": context, "layers": b.layers})
-            progress("solo-decode", f"split {i} B={batch} context {context}: {ms(solo)}")
-            del decode
+            solo_decode(b, i, x, kv, context, out)  # its graph is dropped here, then released
             b.release()
         del kv
 
