@@ -14,8 +14,8 @@ table docs/dispatcher.md shows.
 Usage:
     python bench/sim_sensitivity.py [--jobs J] [--attainment 0.99] [--markdown]
 
-About 20 s per goodput search on this machine's cores: the default grid (11
-variants x 2 traces x 5 policies/sizes) is ~20 min with 2 jobs.
+About 7 s per goodput search on this machine's cores: the default grid (11
+variants x 2 traces x 5 policies/sizes) is ~13 min with 2 jobs.
 """
 
 from __future__ import annotations
