@@ -92,8 +92,10 @@ def test_an_estimate_keeps_the_assumed_margin_and_the_modelled_typical_slowdown(
             # (at least: fewer SMs are never guarded less than more)
             assert profile.guard.factor("prefill", sm, new) >= max(UNMEASURED_GUARD, typical)
     # A long prefill is not charged a short chunk's margin.
-    assert profile.guard.factor("prefill", 66, 4096) == UNMEASURED_GUARD < (
-        profile.guard.factor("prefill", 66, 128)
+    assert (
+        profile.guard.factor("prefill", 66, 4096)
+        == UNMEASURED_GUARD
+        < (profile.guard.factor("prefill", 66, 128))
     )
     assert profile.info["assumptions"]["overlap_loss"] == CENTRAL_PHYSICS.overlap_loss
 

@@ -176,9 +176,7 @@ class SloPlanner:
         and nothing read depends on the clock.
         """
         again = self.decide(replace(formed, waiting=()))
-        return replace(
-            decision, split_index=again.split_index, prefill_layers=again.prefill_layers
-        )
+        return replace(decision, split_index=again.split_index, prefill_layers=again.prefill_layers)
 
     # ---------------------------------------------------------------- split
 
