@@ -247,6 +247,27 @@ def test_admission_respects_the_token_budget_but_always_takes_one():
     assert planner.decide(state(waiting=reqs, prefill_token_budget=10)).admit == ("r0",)
 
 
+def test_beside_decode_a_gang_stops_growing_when_one_layer_would_outlast_the_tpot():
+    model = LinearModel()
+    reqs = [waiting(f"r{i}", 3000, math.inf) for i in range(4)]
+    s = decode_state(
+        decode_tpot_ms=4.0, prefill_new_tokens=0, prefill_batch_size=0, prefill_layers_left=0
+    )
+    decision = planner.decide(replace(s, waiting=tuple(reqs)))
+    split = s.splits[decision.split_index]
+
+    def layer_ms(count):
+        return model.prefill_ms(3000 * count, 0, split.prefill_units, True) / LAYERS
+
+    taken = len(decision.admit)
+    assert taken >= 1 and layer_ms(taken) <= 4.0 < layer_ms(taken + 1)
+    # Without decode beside it, the token budget alone bounds the gang.
+    assert len(planner.decide(state(waiting=reqs)).admit) == 4
+    # The first request is always taken, even when one of its layers is too long.
+    huge = (waiting("big", 100_000, math.inf), *reqs)
+    assert planner.decide(replace(s, waiting=huge)).admit == ("big",)
+
+
 def test_requests_sharing_a_cold_prefix_wait_for_the_first_to_cache_it():
     reqs = [
         waiting("a", 500, math.inf, group=7),
@@ -270,6 +291,21 @@ def test_overload_serve_admits_late_requests_only_when_none_can_make_it():
     assert planner.decide(state(now_ms=now, waiting=[late, ok])).admit == ("ok",)
     decision = planner.decide(state(now_ms=now, waiting=[late]))
     assert decision.admit == ("late",) and decision.shed == ()
+
+
+def test_overload_serve_bounds_lateness_instead_of_starving():
+    now = 50_000.0
+    bound = planner.max_lateness_ms
+    overdue = [waiting(f"old{i}", 1000, now - bound - 100.0 * (i + 1)) for i in range(2)]
+    recent = waiting("recent", 1000, now - bound / 2)  # late, but within the bound
+    ok = waiting("ok", 1000, now + 100.0)
+    decision = planner.decide(state(now_ms=now, waiting=[*overdue, recent, ok]))
+    # The overdue go first, oldest first; the rest wait for the next gang.
+    assert decision.admit == ("old1", "old0")
+    assert planner.decide(state(now_ms=now, waiting=[recent, ok])).admit == ("ok",)
+    # Budget and KV still bound the overdue gang.
+    tight = state(now_ms=now, waiting=[*overdue, ok], prefill_token_budget=1500)
+    assert planner.decide(tight).admit == ("old1",)
 
 
 def test_overload_shed_ends_late_requests_and_never_admits_them():

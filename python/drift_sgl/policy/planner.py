@@ -8,13 +8,16 @@ Every step (docs/dispatcher.md walks through it):
      the target, decode gets the largest mixed share and prefill still advances.
   2. **Admission** (no gang in flight). Waiting requests come in deadline order
      (earliest TTFT deadline first). One joins the new gang if the gang, with it,
-     still completes before every member's deadline, and if the token budget and
-     the free KV allow. A request whose prefix group is being computed by this
-     gang for the first time waits for the next gang, which finds that prefix
-     cached. Requests that cannot meet their TTFT even alone are "late": with
-     ``overload="serve"`` they are admitted, best-effort, only when no request
-     that can still make it is waiting; with ``"shed"`` they are returned in
-     ``MuxDecision.shed`` for the scheduler to end.
+     still completes before every member's deadline, if the token budget and
+     the free KV allow, and, beside decode, if one layer of the gang stays
+     within the TPOT target (a block is at least one layer). A request whose
+     prefix group is being computed by this gang for the first time waits for
+     the next gang, which finds that prefix cached. Requests that cannot meet
+     their TTFT even alone are "late": with ``overload="serve"`` they are
+     admitted, best-effort, only when no request that can still make it is
+     waiting, unless one is ``max_lateness_ms`` past its deadline: then the
+     overdue go first (lateness is bounded, not starvation); with ``"shed"``
+     they are returned in ``MuxDecision.shed`` for the scheduler to end.
   3. **Pre-emption** (a gang in flight). A waiting request that would miss its
      deadline behind the gang, but meets it if it runs now, and is short (less
      than half the gang's remaining time), starts a gang of its own that runs
@@ -119,6 +122,10 @@ class SloPlanner:
     preemption: bool = True
     #: Waiting requests examined per step for pre-emption.
     preempt_candidates: int = 4
+    #: With ``overload="serve"``, a request this far past its TTFT deadline is
+    #: admitted before requests that can still make theirs: overload delays it
+    #: by a bounded amount instead of starving it.
+    max_lateness_ms: float = 10_000.0
     #: Prefill predictions already made (a cache: decisions do not depend on it).
     _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -265,8 +272,15 @@ class SloPlanner:
         self, state: MuxState, step: _Step
     ) -> tuple[tuple[WaitingRequest, ...], list[WaitingRequest]]:
         """The new gang, and the late requests seen on the way."""
-        now, waiting = state.now_ms, state.waiting
+        now, waiting, tpot = state.now_ms, state.waiting, state.decode_tpot_ms
         start = self._first_possible(state, step)
+        if self.overload == "serve":
+            overdue = bisect.bisect_left(
+                waiting, now - self.max_lateness_ms, key=lambda r: r.deadline_ms
+            )
+            if overdue:
+                picked = self._best_effort(state, list(waiting[:overdue]))
+                return tuple(picked), list(waiting[len(picked) : start])
         late = list(waiting[:start])
         picked: list[WaitingRequest] = []
         new = prefix = kv = 0
@@ -293,6 +307,10 @@ class SloPlanner:
                 len(picked) + 1,
             )
             if picked and now + together > min(earliest, request.deadline_ms):
+                break
+            if picked and step.co_run and together / state.num_layers > (tpot or math.inf):
+                # One layer of the gang would outlast the TBT target beside decode
+                # (blocks are at least one layer): the gang is big enough.
                 break
             picked.append(request)
             new += request.new_tokens
