@@ -9,7 +9,8 @@ time scales as 1/SM; above the largest it stays flat.
 
 ``worst_case=True`` multiplies by the contention guard: the largest slowdown
 observed when the other phase ran on the complementary partition, per phase,
-SM count and size region.
+SM count and size region (the planner's margin). ``co_run_slowdown`` is the
+typical one (the median), which a simulation charges.
 """
 
 from __future__ import annotations
@@ -197,13 +198,15 @@ def _table_from_json(row: dict[str, Any], what: str) -> dict[str, dict[int, dict
 class ContentionGuard:
     """Co-run slowdowns (>= 1) per phase, SM count and size bucket: worst and typical.
 
-    The worst (``ratios``) is the planner's margin. ``fit.fit_guard`` stores a
-    full table per phase that never rises with more SMs and never falls with a
-    larger size, and the lookup keeps both, so ``worst_case`` predictions stay
-    monotone like the solo ones. The typical (``expected``, the median of the
-    co-runs in a region) is what the simulator charges as the actual time of a
-    phase that runs beside the other; where none was observed it falls back to
-    the worst, the old behaviour and the cautious one.
+    The worst (``ratios``) is the planner's margin. From measured co-runs,
+    ``fit.fit_guard`` stores a full table per phase that never rises with more
+    SMs and never falls with a larger size, and the lookup keeps both, so
+    ``worst_case`` predictions stay monotone like the solo ones (an estimate's
+    table is monotone across SM counts only; see ``fit.fit_guard``). The
+    typical (``expected``, the median of the co-runs in a region) is what the
+    simulator charges as the actual time of a phase that runs beside the other;
+    where none was observed it falls back to the worst, the old behaviour and
+    the cautious one.
     """
 
     #: ``ratios[phase][sm][bucket]``
