@@ -212,6 +212,11 @@ class Roofline:
 
     # ------------------------------------------------------------- time
 
+    @property
+    def _fixed_ms(self) -> float:
+        """Launch cost of one forward, whatever its size."""
+        return self.spec.fixed_ms + self.spec.per_layer_ms * self.shape.layers
+
     def _bandwidth(self, share: float) -> float:
         """Bytes per ms that ``share`` of the SMs stream from memory."""
         whole = self.spec.bandwidth_gbs * 1e6 * self.physics.bandwidth_efficiency
@@ -224,9 +229,8 @@ class Roofline:
             self.spec.peak_tflops * 1e9 * self.physics.compute_efficiency * share
         )
         memory_ms = work.nbytes / (bandwidth or self._bandwidth(share))
-        fixed = self.spec.fixed_ms + self.spec.per_layer_ms * self.shape.layers
         longer, shorter = max(compute_ms, memory_ms), min(compute_ms, memory_ms)
-        return fixed + longer + self.physics.overlap_loss * shorter
+        return self._fixed_ms + longer + self.physics.overlap_loss * shorter
 
     def prefill_ms(self, new: int, prefix: int, seqs: int, sm: int) -> float:
         return self._time_ms(self.prefill_work(new, prefix, seqs), sm)
@@ -246,9 +250,9 @@ class Roofline:
         prefill chunk, which draws a lot; a long prefill is compute-bound and
         hardly draws at all.
         """
-        fixed = self.spec.fixed_ms + self.spec.per_layer_ms * self.shape.layers
         solo = (self._time_ms(prefill, prefill_sm), self._time_ms(decode, decode_sm))
-        draws = [w.nbytes / (t - fixed) for w, t in zip((prefill, decode), solo, strict=True)]
+        busy = [t - self._fixed_ms for t in solo]  # the time its bytes are drawn over
+        draws = [w.nbytes / b for w, b in zip((prefill, decode), busy, strict=True)]
         whole, extra = self._bandwidth(1.0), self.physics.co_run_extra
         if sum(draws) <= whole:
             return extra * solo[0], extra * solo[1]
