@@ -14,7 +14,7 @@ import pytest
 
 from drift_sgl.tools.server_process import ServerProcess
 from e2e.profiling import TinyProfile, make_tiny_profile
-from e2e.servers import drift_server_process, serve, sglang_server_process
+from e2e.servers import decision_log_path, drift_server_process, serve, sglang_server_process
 
 API_KEY = "drift-test-key"
 #: A TPOT target below a CPU decode step: the planner gives a prefill beside
@@ -73,6 +73,7 @@ def drift_server(tiny_model_dir: Path, server_logs_dir: Path) -> Iterator[Server
         "--drift-tpot-slo-ms", TIGHT_TPOT_MS,
         "--drift-slo-classes", SLO_CLASSES,
         "--drift-overload", "shed",
+        "--drift-decision-log", str(decision_log_path(server_logs_dir)),
         api_key=API_KEY,
     )  # fmt: skip
     yield from serve(server)

@@ -42,6 +42,8 @@ class DriftConfig:
     max_graph_memory_gb: float | None = None
     #: Write when each decode step and prefill block ran, as JSON lines (None: off).
     timeline: str | None = None
+    #: Write every policy call (state and decision) as JSON lines (None: off).
+    decision_log: str | None = None
     #: Which policy decides each step: ``slo`` or ``layer-budget``.
     policy: str = "slo"
     #: Server-wide TTFT and TPOT targets in ms (None: no target).
@@ -84,10 +86,13 @@ class DriftConfig:
                 "--drift-max-graph-memory-gb",
                 f"must be a positive number of GiB, got {self.max_graph_memory_gb}",
             )
-        if self.timeline is not None:
-            folder = os.path.dirname(os.path.abspath(self.timeline))
-            if not os.path.isdir(folder):
-                raise DriftConfigError("--drift-timeline", f"no such directory: {folder}")
+        for flag, path in (
+            ("--drift-timeline", self.timeline),
+            ("--drift-decision-log", self.decision_log),
+        ):
+            folder = None if path is None else os.path.dirname(os.path.abspath(path))
+            if folder is not None and not os.path.isdir(folder):
+                raise DriftConfigError(flag, f"no such directory: {folder}")
         if self.layer_budget_tokens < 1:
             raise DriftConfigError(
                 "--drift-layer-budget-tokens", f"must be >= 1, got {self.layer_budget_tokens}"
@@ -159,6 +164,13 @@ _HELP = {
         "each, to this file (device time from events on the phases' streams on a GPU, host "
         "time elsewhere; ranks other than 0 append .tpN/.dpN); /server_info sums up how much "
         "prefill time overlapped decode. Default: off."
+    ),
+    "decision_log": (
+        "write every decision of the policy, with the state it was made on, one JSON line "
+        "each, to this file (the first line names the policy and holds its latency model; "
+        "data-parallel ranks other than 0 append .dpN); `python -m drift_sgl.mux.decision_log "
+        "FILE` decides every state again and reports differences. Grows with every step. "
+        "Default: off."
     ),
     "policy": (
         "what decides each step: 'slo' (split, prefill layers, admission and pre-emption "

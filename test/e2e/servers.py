@@ -9,6 +9,11 @@ from pathlib import Path
 from drift_sgl.tools.server_process import ServerProcess, local_server_process
 
 
+def decision_log_path(server_logs_dir: Path) -> Path:
+    """Where the shared drift server logs its planner's decisions (test_slo.py replays it)."""
+    return (server_logs_dir / "drift-decisions.jsonl").resolve()
+
+
 def drift_server_process(
     model_dir: Path,
     log_path: Path,

@@ -12,8 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from drift_sgl.mux.decision_log import read_decision_log, replay
 from e2e.client import chat_body, drift_state, generate_ids, headers, post
 from e2e.conversations import run_conversations
+from e2e.servers import decision_log_path
 
 
 def chat_with_class(
@@ -144,6 +146,21 @@ def test_shedding_loses_nothing_else_under_a_mixed_burst(drift_server):
         assert all(f.result().status_code == 429 for f in doomed)
         assert all(f.result() == alone for f in served)
         assert all(len(conv) == 3 for conv in convs.result())
+
+
+def test_the_servers_decisions_are_the_simulators_on_the_same_states(drift_server, server_logs_dir):
+    """The server logged every planner call of this session (--drift-decision-log)
+    with the state its loop built. Asked again on those states, the way the
+    simulator's engine asks it, the planner decides every one alike: the server's
+    loop adds nothing of its own to a decision (the step itself is shared)."""
+    path = str(decision_log_path(server_logs_dir))
+    _, calls = read_decision_log(path)
+    calls = list(calls)
+    assert any(c.decision.admit for c in calls), "no admission was logged"
+    assert any(c.call == "replan" for c in calls), "no re-plan was logged"
+    assert any(c.decision.shed for c in calls), "no shed was logged"
+    count, differ = replay(path)
+    assert count >= len(calls) and differ == [], differ[:3]
 
 
 def test_the_planner_never_failed_on_this_server(drift_server):

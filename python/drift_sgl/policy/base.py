@@ -122,6 +122,15 @@ class MuxDecision:
 class MuxPolicy(Protocol):
     """Chooses the split, the prefill layers and the admissions of one step."""
 
+    #: Whether ``decide`` chooses the requests a gang admits (and ``replan``
+    #: exists); False: the engine's own admission starts gangs.
+    chooses_requests: bool
+
     def decide(self, state: MuxState) -> MuxDecision:
         """Return the decision for ``state``; must be deterministic."""
+        ...
+
+    def replan(self, decision: MuxDecision, formed: MuxState) -> MuxDecision:
+        """``decision``'s split and layers for the gang admission formed (``formed``:
+        the state with that gang in flight). Called only if ``chooses_requests``."""
         ...

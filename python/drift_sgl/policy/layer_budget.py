@@ -15,6 +15,7 @@ A split index is always chosen from the table, whatever the batch size.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from drift_sgl.policy.base import MuxDecision, MuxState
 
@@ -25,6 +26,8 @@ class LayerBudgetRule:
 
     layer_budget_tokens: int = 32768
     decode_full_batch: int = 64
+    #: The engine's own admission (SGLang's FCFS) starts gangs.
+    chooses_requests: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         if self.layer_budget_tokens < 1:
@@ -41,6 +44,10 @@ class LayerBudgetRule:
         layers = self.layer_budget_tokens // max(1, state.prefill_new_tokens)
         layers = max(1, min(layers, state.prefill_layers_left))
         return MuxDecision(split_index=self._mixed_split(state), prefill_layers=layers)
+
+    def replan(self, decision: MuxDecision, formed: MuxState) -> MuxDecision:
+        """Never called (``chooses_requests`` is False): the decision stands."""
+        return decision
 
     def _mixed_split(self, state: MuxState) -> int:
         num_mixed = len(state.splits) - 2

@@ -39,7 +39,7 @@ import bisect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from drift_sgl.policy.base import MuxDecision, MuxState, WaitingRequest
 
@@ -126,6 +126,8 @@ class SloPlanner:
     #: admitted before requests that can still make theirs: overload delays it
     #: by a bounded amount instead of starving it.
     max_lateness_ms: float = 10_000.0
+    #: It chooses the requests every gang admits (``MuxPolicy.chooses_requests``).
+    chooses_requests: ClassVar[bool] = True
     #: Prefill predictions already made (a cache: decisions do not depend on it).
     _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -136,6 +138,10 @@ class SloPlanner:
     # ------------------------------------------------------------- decision
 
     def decide(self, state: MuxState) -> MuxDecision:
+        if not state.has_prefill and not state.waiting:
+            # Nothing to prefill or admit: decode keeps the whole device. Said
+            # first, it skips the split search, most of a light load's cost.
+            return MuxDecision(split_index=len(state.splits) - 1, prefill_layers=0)
         step = self._step(state)
         admit: tuple[WaitingRequest, ...] = ()
         shed: tuple[str, ...] = ()

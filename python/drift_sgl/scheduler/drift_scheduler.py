@@ -1,20 +1,24 @@
 """DriftScheduler: SGLang's Scheduler with a prefill/decode-multiplexing loop.
 
-One step of the loop (docs/architecture.md walks through it):
-  1. ingest requests (SGLang; in ``event_loop_pdmux``), then SGLang's per-step
-     housekeeping (pending chunked aborts, hierarchical-cache events);
-  2. drop finished requests from the running batch;
-  3. ask the policy for a split, a number of prefill layers and (the SLO
-     planner) the requests to admit; the layer-budget rule lets SGLang admit
-     first, when no gang is in flight;
-  4. admit them with SGLang's own admission (radix-cache prefix matching
-     included); for a gang formed, the planner re-plans split and layers;
-  5. prepare the decode step of the running batch (SGLang, may retract);
-  6. launch decode in the decode partition, the next prefill layer block in
-     the prefill partition, then wait for decode and process its result;
-  7. when the gang's last layer block has completed, process its result
+One step of the loop is ``drift_sgl.mux.mux_step`` with this scheduler as its
+engine (the simulator's drift is the other); docs/architecture.md walks
+through it:
+  1. ingest requests (SGLang; in ``event_loop_pdmux``);
+  2. when the gang's last layer block has completed, process its result
      (first tokens, finish checks, KV into the radix tree) and merge its
-     unfinished requests into the running batch.
+     unfinished requests into the running batch (``merge_gang``);
+  3. SGLang's per-step housekeeping (pending chunked aborts, hierarchical-cache
+     events, grammars, finished requests out of the running batch:
+     ``begin_step``); a paused gang resumes;
+  4. ask the policy for a split, a number of prefill layers and (the SLO
+     planner) the requests to admit; the layer-budget rule lets SGLang admit
+     first, when no gang is in flight (``admit_own``, ``decide``);
+  5. admit them with SGLang's own admission (radix-cache prefix matching
+     included); for a gang formed, the planner re-plans split and layers
+     (``admit_gang``, ``replan``);
+  6. prepare the decode step of the running batch (SGLang, may retract), then
+     launch decode in the decode partition and the next prefill layer block in
+     the prefill partition, wait for decode and process its result (``launch``).
 Everything SGLang keeps per step (last_batch, timestamps, metrics, idle
 housekeeping) is kept here too, and the gang is visible to abort, flush and
 idle checks.
@@ -43,8 +47,9 @@ from sglang.srt.utils import DynamicGradMode, broadcast_pyobj
 
 from drift_sgl.config import DriftConfig
 from drift_sgl.latency.select import device_identity, model_identity, select_latency_model
+from drift_sgl.mux import GangSlots, mux_step
 from drift_sgl.partition import BackendChoice, StreamPairBackend
-from drift_sgl.policy import LayerBudgetRule, MuxDecision, MuxState, SloPlanner
+from drift_sgl.policy import LayerBudgetRule, MuxDecision, MuxPolicy, MuxState
 from drift_sgl.scheduler.counters import MuxCounters
 from drift_sgl.scheduler.failures import failure_message, is_fatal
 from drift_sgl.scheduler.faults import TestFaults
@@ -63,6 +68,7 @@ from drift_sgl.scheduler.startup import (
     build_policy,
     check_graph_memory,
     choose_partition,
+    open_decision_log,
     open_timeline,
     require_split_prefill,
     startup_line,
@@ -127,11 +133,11 @@ class DriftScheduler(Scheduler):
         self.latency_model = latency.model
         self._slo_view = SloView(config.slo_table())
         self._mux_policy = build_policy(config, self.latency_model)
-        #: The planner admits requests itself; the layer-budget rule leaves it to SGLang.
-        self._planner_admits = isinstance(self._mux_policy, SloPlanner)
-        self._gang: PrefillGang | None = None
-        #: A gang pre-empted at a layer boundary; it resumes when ``_gang`` completes.
-        self._paused_gang: PrefillGang | None = None
+        #: The gang in flight, and one it pre-empted at a layer boundary.
+        self._gangs: GangSlots[PrefillGang] = GangSlots()
+        #: This step's decision fell back to the layer-budget rule (a planner
+        #: error): SGLang's own admission starts the gang.
+        self._fell_back = False
         #: The batch whose attention metadata the backend holds (see _launch_prefill_block).
         self._attention_owner: Any = None
         self._previous_split: int | None = None
@@ -143,6 +149,9 @@ class DriftScheduler(Scheduler):
         if self._faults != TestFaults():
             logger.warning("drift: test faults injected: %s", self._faults)
         self._timeline = open_timeline(config.timeline, self._partition, self.device)
+        self._decision_log = open_decision_log(
+            config.decision_log, self._mux_policy, self.latency_model
+        )
         #: drift's Prometheus series (None without --enable-metrics or off the stats rank).
         self._metrics = drift_metrics(getattr(self, "metrics_collector", None))
         log = logger.warning if choice.fallback else logger.info
@@ -187,56 +196,97 @@ class DriftScheduler(Scheduler):
             self.run_mux_step()
 
     def run_mux_step(self) -> None:
-        """One step: decide, shed, admit, launch both phases, merge a finished prefill."""
-        self._settle_chunked_request()
-        self._process_hicache_events()
-        self._queue_ready_grammars()
-        self._drop_finished_from_running()
-        if self._gang is None and self._paused_gang is not None:
-            self._gang, self._paused_gang = self._paused_gang, None
-        started_before = self._mux_counters.gangs_started
-        if self._gang is None and not self._planner_admits:
-            self._gang = self._start_gang(None)
-        decision, stalled = self._decide()
-        if stalled:
-            self._end_stalled_requests()
-        self._shed(decision.shed)
-        if self._planner_admits:
-            self._admit(decision)
-            if self._mux_counters.gangs_started > started_before:
-                decision = self._replan(decision)
-        decode_batch = self._prepare_decode()
-        if self._gang is None and decode_batch is None and self._work_waiting():
-            self._admit_when_idle()
-        launched_prefill = self._execute(decision, decode_batch)
-        merged = self._gang_complete()
-        if merged:
-            gang = self._gang
-            try:
-                self._merge_gang()
-            except Exception as err:
-                self._end_failed(gang.batch.reqs, "a prefill's results", err)
+        """One step (``mux_step``: merge, decide, shed, admit, launch), then the
+        bookkeeping SGLang's loop does after a step."""
+        counters = self._mux_counters
+        started_before, merged_before = counters.gangs_started, counters.gangs_merged
+        decode_batch, launched_prefill = mux_step(self._mux_policy, self)
         if self._timeline is not None:
             self._timeline.end_step()
         if self._metrics is not None:
-            self._metrics.publish_counters(self._mux_counters)
+            self._metrics.publish_counters(counters)
 
         # SGLang's abort, idle and memory checks read last_batch: point it at the
         # batch that holds KV beyond the running batch (the gang), else the decode.
-        self.last_batch = self._gang.batch if self._gang is not None else decode_batch
+        gang = self._gangs.current
+        self.last_batch = gang.batch if gang is not None else decode_batch
         self.cur_batch_for_debug = self.last_batch
         progressed = (
             decode_batch is not None
             or launched_prefill
-            or merged
-            or self._mux_counters.gangs_started > started_before
+            or counters.gangs_merged > merged_before
+            or counters.gangs_started > started_before
         )
         self._check_liveness(progressed)
-        if not progressed and self._gang is None:
+        if not progressed and gang is None:
             self._sched_idled = True
             self.on_idle()
         if envs.SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_BUSY.get():
             self.invariant_checker.self_check_during_busy()
+
+    # ------------------------------------------------ the engine of mux_step
+
+    @property
+    def gangs(self) -> GangSlots[PrefillGang]:
+        """The gang in flight and a paused one (``MuxEngine.gangs``)."""
+        return self._gangs
+
+    def gang_complete(self, gang: PrefillGang) -> bool:
+        """Whether the gang's last block has finished, agreed by every TP rank.
+
+        Ranks poll their own events; merging on one rank and not another would
+        desynchronise their batches, so with concurrent phases the ranks take
+        the minimum (a CPU all-reduce, only while a gang is fully launched).
+        """
+        if not gang.fully_launched:
+            return False
+        complete = gang.is_complete()
+        if self.tp_size == 1 or not self._partition.concurrent:
+            return complete
+        flag = torch.tensor([int(complete)], dtype=torch.int32)
+        torch.distributed.all_reduce(
+            flag, op=torch.distributed.ReduceOp.MIN, group=self.tp_cpu_group
+        )
+        return bool(flag.item())
+
+    def merge_gang(self, gang: PrefillGang) -> None:
+        """Process a completed gang's result and merge it into decode; a failure
+        ends its requests only."""
+        try:
+            self._merge_gang(gang)
+        except Exception as err:
+            self._end_failed(gang.batch.reqs, "a prefill's results", err)
+
+    def begin_step(self) -> None:
+        """SGLang's top-of-step duties, after a merge (its KV is in the tree)."""
+        self._settle_chunked_request()
+        self._process_hicache_events()
+        self._queue_ready_grammars()
+        self._drop_finished_from_running()
+
+    def admit_own(self) -> PrefillGang | None:
+        """SGLang's admission in its own order (the layer-budget rule)."""
+        return self._start_gang(None)
+
+    def decide(self, policy: MuxPolicy) -> MuxDecision:
+        """The policy's decision (rank 0's, see ``_decide``); a stall the watchdog
+        found last step ends the stuck requests here, on every rank alike."""
+        decision, stalled, self._fell_back = self._decide(policy)
+        if stalled:
+            self._end_stalled_requests()
+        return decision
+
+    def launch(self, decision: MuxDecision) -> tuple[Any | None, bool]:
+        """Prepare the decode step, run both phases; returns the decode batch
+        (None: no decode) and whether a prefill block ran.
+
+        When nothing would run yet requests wait, SGLang's own admission starts
+        a gang first (``_admit_when_idle``).
+        """
+        decode_batch = self._prepare_decode()
+        if self._gangs.current is None and decode_batch is None and self._work_waiting():
+            self._admit_when_idle()
+        return decode_batch, self._execute(decision, decode_batch)
 
     def _work_waiting(self) -> bool:
         """Requests wait for a prefill: queued, or the next chunk of a long prompt."""
@@ -245,10 +295,7 @@ class DriftScheduler(Scheduler):
     def _work_pending(self) -> bool:
         """Requests wait for anything the loop must do: a prefill, a grammar, a gang."""
         return (
-            self._work_waiting()
-            or self.grammar_manager.has_waiting_grammars()
-            or self._gang is not None
-            or self._paused_gang is not None
+            self._work_waiting() or self.grammar_manager.has_waiting_grammars() or bool(self._gangs)
         )
 
     def _settle_chunked_request(self) -> None:
@@ -270,19 +317,19 @@ class DriftScheduler(Scheduler):
 
     def _in_flight(self, req: Any) -> bool:
         """Whether ``req`` belongs to the gang in flight or to a paused one."""
-        gangs = (self._gang, self._paused_gang)
-        return any(gang is not None and req in gang.batch.reqs for gang in gangs)
+        return any(req in gang.batch.reqs for gang in self._gangs)
 
     def _admit_when_idle(self) -> None:
         """Nothing runs, yet requests wait: the policy admitted none of them (its
         KV estimate, its token budget). Leaving the device idle helps no one, so
         SGLang's own admission picks, as in SGLang's loop."""
-        self._gang = self._start_gang(None)
-        if self._gang is not None:
+        gang = self._start_gang(None)
+        if gang is not None:
+            self._gangs.start(gang)
             self._mux_counters.idle_admissions += 1
 
     def _check_liveness(self, progressed: bool) -> None:
-        """Feed the watchdog; a stall is acted on at the next step (``_decide``)."""
+        """Feed the watchdog; a stall is acted on at the next step (``decide``)."""
         if self._watchdog.observe(time.monotonic(), self._work_pending(), progressed):
             self._stalled = True
 
@@ -290,13 +337,12 @@ class DriftScheduler(Scheduler):
         """Nothing ran for the stall timeout while requests waited: end them, say why."""
         self._mux_counters.stalls += 1
         timeout = self._watchdog.timeout_s
-        for gang in (self._gang, self._paused_gang):
-            if gang is not None:
-                logger.error(
-                    "drift: liveness watchdog: the prefill gang of %s made no progress in %g s",
-                    sorted(gang.rids),
-                    timeout,
-                )
+        for gang in self._gangs:
+            logger.error(
+                "drift: liveness watchdog: the prefill gang of %s made no progress in %g s",
+                sorted(gang.rids),
+                timeout,
+            )
         stuck = self.waiting_queue + self.grammar_manager.grammar_queue
         if self.chunked_req is not None and not self._in_flight(self.chunked_req):
             stuck.append(self.chunked_req)
@@ -314,18 +360,19 @@ class DriftScheduler(Scheduler):
 
     # ------------------------------------------------------------- deciding
 
-    def _decide(self) -> tuple[MuxDecision, bool]:
-        """The policy's decision, and whether the liveness watchdog found a stall
-        last step. With TP, rank 0's: every rank runs the same step, and ends the
-        same stalled requests at the same point (the watchdog reads a clock)."""
+    def _decide(self, policy: MuxPolicy) -> tuple[MuxDecision, bool, bool]:
+        """The policy's decision, whether the liveness watchdog found a stall last
+        step, and whether the decision fell back (``_safe_decision``). With TP,
+        rank 0's: every rank runs the same step, admits alike, and ends the same
+        stalled requests at the same point (the watchdog reads a clock)."""
         stalled, self._stalled = self._stalled, False
         started = time.perf_counter()
         if self.tp_size == 1:
-            decision = self._safe_decision()
+            decision, fell_back = self._safe_decision(policy)
         else:
             group = self.tp_group
-            mine = (self._safe_decision(), stalled) if group.rank_in_group == 0 else None
-            decision, stalled = broadcast_pyobj(
+            mine = (*self._safe_decision(policy), stalled) if group.rank_in_group == 0 else None
+            decision, fell_back, stalled = broadcast_pyobj(
                 [mine], group.ranks[group.rank_in_group], self.tp_cpu_group, src=group.ranks[0]
             )[0]
         self._previous_split = decision.split_index
@@ -333,38 +380,50 @@ class DriftScheduler(Scheduler):
             split = self._partition.splits[decision.split_index]
             share = split.decode_units / (split.decode_units + split.prefill_units)
             self._metrics.step(share, decision.prefill_layers, time.perf_counter() - started)
-        return decision, stalled
+        return decision, stalled, fell_back
 
-    def _safe_decision(self) -> MuxDecision:
+    def _safe_decision(self, policy: MuxPolicy) -> tuple[MuxDecision, bool]:
         """A planner error must not take the server down: log it, count it, and run
-        this step by the layer-budget rule with SGLang's admission."""
+        this step by the layer-budget rule with SGLang's admission (``admit_gang``
+        and ``replan`` see ``_fell_back``). Returns the decision and whether it
+        fell back."""
         try:
-            return self._mux_policy.decide(self._mux_state())
+            state = self._mux_state()
+            decision = policy.decide(state)
         except Exception:
-            if not self._planner_admits:
+            if not policy.chooses_requests:
                 raise
             self._mux_counters.planner_errors += 1
             if self._mux_counters.planner_errors == 1:
                 logger.exception("drift: the planner failed; this step uses the layer-budget rule")
-            if self._gang is None:
-                self._gang = self._start_gang(None)
-            return LayerBudgetRule().decide(MuxState(**self._base_state(self._decoding())))
+            return self._layer_budget_decision(), True
+        if self._decision_log is not None:
+            self._decision_log.record("decide", state, decision)
+        return decision, False
 
-    def _replan(self, decision: MuxDecision) -> MuxDecision:
+    def _layer_budget_decision(self) -> MuxDecision:
+        return LayerBudgetRule().decide(MuxState(**self._base_state(self._decoding())))
+
+    def replan(self, policy: MuxPolicy, decision: MuxDecision) -> MuxDecision:
         """The split and layers for the gang admission really formed (``SloPlanner.replan``).
 
         Every TP rank re-plans on its own: without waiting requests the planner
         reads no clock, and the gang, the decode batch, the free KV and the
         previous split are the same on every rank. A planner error keeps the
-        first decision.
+        first decision; a step that fell back re-plans by the layer-budget rule.
         """
+        if self._fell_back:
+            return self._layer_budget_decision()
         try:
-            decision = self._mux_policy.replan(decision, self._mux_state(with_waiting=False))
+            formed = self._mux_state(with_waiting=False)
+            decision = policy.replan(decision, formed)
         except Exception:
             self._mux_counters.planner_errors += 1
             if self._mux_counters.planner_errors == 1:
                 logger.exception("drift: the planner failed to re-plan; the first plan stands")
             return decision
+        if self._decision_log is not None:
+            self._decision_log.record("replan", formed, decision)
         self._previous_split = decision.split_index
         return decision
 
@@ -375,7 +434,7 @@ class DriftScheduler(Scheduler):
 
     def _base_state(self, decoding: list) -> dict[str, Any]:
         """The ``MuxState`` fields every policy reads."""
-        gang = self._gang
+        gang = self._gangs.current
         return dict(
             decode_batch_size=len(decoding),
             prefill_new_tokens=0 if gang is None else gang.new_tokens,
@@ -387,9 +446,9 @@ class DriftScheduler(Scheduler):
     def _mux_state(self, with_waiting: bool = True) -> MuxState:
         decoding = self._decoding()
         state = self._base_state(decoding)
-        if not self._planner_admits:
+        if not self._mux_policy.chooses_requests:
             return MuxState(**state)
-        gang = self._gang
+        gang = self._gangs.current
         view = self._slo_view
         reqs = [] if gang is None else gang.batch.reqs
         return MuxState(
@@ -401,7 +460,7 @@ class DriftScheduler(Scheduler):
             prefill_prefix_tokens=sum(int(r.prefix_len) for r in reqs),
             prefill_batch_size=len(reqs),
             prefill_deadline_ms=view.earliest_deadline(reqs),
-            prefill_preempting=self._paused_gang is not None,
+            prefill_preempting=self._gangs.paused is not None,
             waiting=view.waiting(
                 self.waiting_queue,
                 self._cached_prefix_len,
@@ -428,7 +487,7 @@ class DriftScheduler(Scheduler):
         match_kv_cache(req, self.tree_cache)
         return int(req.prefix_len)
 
-    def _shed(self, rids: tuple[str, ...]) -> None:
+    def shed(self, rids: tuple[str, ...]) -> None:
         """End waiting requests that can no longer meet their TTFT (--drift-overload shed).
 
         They get a 429 (``door.retry_after`` adds ``Retry-After``): the server is
@@ -459,27 +518,28 @@ class DriftScheduler(Scheduler):
             )
         )
 
-    def _admit(self, decision: MuxDecision) -> None:
-        """Start the gang the planner chose.
+    def admit_gang(self, decision: MuxDecision) -> PrefillGang | None:
+        """Start the gang the planner chose, by SGLang's admission (``_start_gang``).
 
         Requests retracted earlier, and the next chunk of a prompt prefilled in
         chunks, go first (SGLang's admission takes the chunk before anything
         else), so a gang starts for them even when the planner admitted no one.
         A gang holding a chunk is never pre-empted: the pre-empting gang would
-        get the next chunk of the same prompt.
+        get the next chunk of the same prompt. A step whose planner failed
+        admits in SGLang's own order.
         """
-        if self._gang is not None and not (decision.preempt and self.chunked_req is None):
-            return
+        in_flight = self._gangs.current is not None
+        if in_flight and self.chunked_req is not None:
+            return None
+        if self._fell_back:
+            return None if in_flight else self._start_gang(None)
         resumed = tuple(r.rid for r in self.waiting_queue if r.output_ids)
-        if self._gang is None and not (decision.admit or resumed or self.chunked_req):
-            return
+        if not in_flight and not (decision.admit or resumed or self.chunked_req):
+            return None
         gang = self._start_gang(resumed + decision.admit)
-        if gang is None:
-            return
-        if self._gang is not None:
-            self._paused_gang = self._gang
+        if gang is not None and in_flight:
             self._mux_counters.preemptions += 1
-        self._gang = gang
+        return gang
 
     def _queue_ready_grammars(self) -> None:
         """Requests whose grammar has compiled join the waiting queue.
@@ -581,7 +641,7 @@ class DriftScheduler(Scheduler):
                 # One attention backend serves both phases: decode replaced
                 # the prefill's metadata (see _launch_prefill_block).
                 self._attention_owner = decode_batch
-        gang = self._gang
+        gang = self._gangs.current
         launch_prefill = gang is not None and decision.prefill_layers > 0
         if launch_prefill:
             try:
@@ -592,7 +652,7 @@ class DriftScheduler(Scheduler):
                 ):
                     self._launch_prefill_block(decision.prefill_layers, split)
             except Exception as err:
-                self._gang = None
+                self._gangs.finish()
                 self._end_failed(gang.batch.reqs, "a prefill layer block", err)
         if decode_batch is not None:
             self._partition.wait_decode(split)
@@ -626,27 +686,8 @@ class DriftScheduler(Scheduler):
             return pdmux_prefill_tp_group()
         return nullcontext()
 
-    def _gang_complete(self) -> bool:
-        """Whether the gang's last block has finished, agreed by every TP rank.
-
-        Ranks poll their own events; merging on one rank and not another would
-        desynchronise their batches, so with concurrent phases the ranks take
-        the minimum (a CPU all-reduce, only while a gang is fully launched).
-        """
-        gang = self._gang
-        if gang is None or not gang.fully_launched:
-            return False
-        complete = gang.is_complete()
-        if self.tp_size == 1 or not self._partition.concurrent:
-            return complete
-        flag = torch.tensor([int(complete)], dtype=torch.int32)
-        torch.distributed.all_reduce(
-            flag, op=torch.distributed.ReduceOp.MIN, group=self.tp_cpu_group
-        )
-        return bool(flag.item())
-
     def _launch_prefill_block(self, layers: int, split: int) -> None:
-        gang = self._gang
+        gang = self._gangs.current
         batch = gang.batch
         count = gang.next_block(layers)
         batch.split_forward_count = count
@@ -664,13 +705,12 @@ class DriftScheduler(Scheduler):
             batch.split_prefill_finished = True
             gang.done_event = self._partition.record_prefill_event(split)
 
-    def _merge_gang(self) -> None:
+    def _merge_gang(self, gang: PrefillGang) -> None:
         # The gang's last block has completed (its event, observed by the host):
         # its KV is written before any later decode step, on any stream, reads it.
-        gang, self._gang = self._gang, None
         batch = gang.batch
-        self.process_batch_result(batch, gang.result)
         self._mux_counters.gangs_merged += 1
+        self.process_batch_result(batch, gang.result)
         if self._metrics is not None:
             self._metrics.gang_merged(len(batch.reqs), time.monotonic() - gang.started_s)
             for req in batch.reqs:  # a chunk that is not the prompt's last has no token yet
@@ -740,11 +780,9 @@ class DriftScheduler(Scheduler):
 
     def _collect_inflight_batches(self) -> list:
         batches = super()._collect_inflight_batches()
-        for gang in (getattr(self, "_gang", None), getattr(self, "_paused_gang", None)):
-            if gang is not None:
-                # Upstream's pdmux misses this: an abort of a request whose prefill
-                # is mid-split must reach it (it then finishes as aborted and frees KV).
-                batches.append(gang.batch)
+        # Upstream's pdmux misses this: an abort of a request whose prefill is
+        # mid-split must reach it (it then finishes as aborted and frees KV).
+        batches += [gang.batch for gang in getattr(self, "_gangs", ())]
         return batches
 
     def _add_request_to_queue(self, req: Any, is_retracted: bool = False) -> None:
@@ -778,18 +816,18 @@ class DriftScheduler(Scheduler):
 
     def _finish_gangs(self) -> None:
         """Run the gang in flight and a paused one to completion, and merge them."""
-        while self._gang is not None or self._paused_gang is not None:
-            if self._gang is None:
-                self._gang, self._paused_gang = self._paused_gang, None
-            gang = self._gang
+        gangs = self._gangs
+        while gangs:
+            gangs.resume()
+            gang = gangs.current
             if not gang.fully_launched:
                 with self._partition.prefill_scope(0), self._prefill_communicator():
                     self._launch_prefill_block(gang.layers_left, 0)
             gang.done_event.synchronize()
-            self._merge_gang()
+            self._merge_gang(gangs.finish())
 
     def is_fully_idle(self, *args: Any, **kwargs: Any) -> bool:
-        if getattr(self, "_gang", None) is not None or getattr(self, "_paused_gang", None):
+        if getattr(self, "_gangs", None):
             return False
         return super().is_fully_idle(*args, **kwargs)
 

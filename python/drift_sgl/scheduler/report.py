@@ -13,7 +13,7 @@ def drift_report(scheduler: Any) -> dict[str, Any]:
     """The report of one ``DriftScheduler``."""
     config = scheduler.drift_config
     partition = scheduler._partition
-    gang, paused = scheduler._gang, scheduler._paused_gang
+    gang, paused = scheduler._gangs.current, scheduler._gangs.paused
     latency = scheduler.latency_model
     return {
         "partition_backend": partition.name,

@@ -10,6 +10,8 @@ import torch
 from sglang.srt.runtime_context import get_device, get_parallel
 
 from drift_sgl.config import DriftConfig
+from drift_sgl.latency.model import LatencyModel
+from drift_sgl.mux.decision_log import DecisionLog
 from drift_sgl.partition import (
     BackendChoice,
     PartitionBackend,
@@ -39,17 +41,31 @@ def build_policy(config: DriftConfig, latency_model: object) -> MuxPolicy:
     return LayerBudgetRule(layer_budget_tokens=config.layer_budget_tokens)
 
 
-def open_timeline(path: str | None, backend: PartitionBackend, device: str) -> StepTimeline | None:
-    """The ``--drift-timeline`` file of this rank (ranks other than 0 get a suffix)."""
-    if path is None:
-        return None
+def _rank_path(path: str) -> str:
+    """``path`` for this rank: ranks other than 0 append ``.tpN`` / ``.dpN``."""
     parallel = get_parallel()
     if parallel.tp_rank:
         path += f".tp{parallel.tp_rank}"
     if parallel.dp_rank:
         path += f".dp{parallel.dp_rank}"
+    return path
+
+
+def open_timeline(path: str | None, backend: PartitionBackend, device: str) -> StepTimeline | None:
+    """The ``--drift-timeline`` file of this rank (ranks other than 0 get a suffix)."""
+    if path is None:
+        return None
     on_device = backend.concurrent and device == "cuda"
-    return StepTimeline(open(path, "w"), torch.cuda if on_device else None)
+    return StepTimeline(open(_rank_path(path), "w"), torch.cuda if on_device else None)
+
+
+def open_decision_log(
+    path: str | None, policy: MuxPolicy, latency: LatencyModel
+) -> DecisionLog | None:
+    """The ``--drift-decision-log`` file; only TP rank 0 decides, so only it writes."""
+    if path is None or get_parallel().tp_rank:
+        return None
+    return DecisionLog(open(_rank_path(path), "w"), policy, latency)
 
 
 def check_graph_memory(bound_gb: float | None, num_splits: int, graph_memory_gb: float) -> None:

@@ -13,6 +13,9 @@ chooses the split and the layers, and in admission:
   and SGLang's admission: when no gang is in flight, FCFS up to 16384 new
   tokens and the free KV, no SLOs, no pre-emption.
 
+The step itself is the server's: ``drift_sgl.mux.mux_step`` over this class as
+its engine (merge a completed gang, decide, admit, re-plan, launch).
+
 Step time = max(decode step at the split's decode SMs, prefill block =
 layers/L of the gang's prefill at the split's prefill SMs); a phase running
 beside the other takes its solo time times the profile's typical co-run
@@ -25,9 +28,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from drift_sgl.latency.identity import DeviceIdentity
+from drift_sgl.mux import GangSlots, mux_step
 from drift_sgl.partition.base import SmSplit
 from drift_sgl.partition.sm_layout import SmGranularity, planned_split_table
-from drift_sgl.policy import LayerBudgetRule, MuxDecision, MuxState, SloPlanner, WaitingRequest
+from drift_sgl.policy import (
+    LayerBudgetRule,
+    MuxDecision,
+    MuxPolicy,
+    MuxState,
+    SloPlanner,
+    WaitingRequest,
+)
 from drift_sgl.sim.engine import Instance, Request, SimError
 
 #: Upstream pdmux's default number of stream groups (prefill-only + 6 mixed + decode-only).
@@ -86,11 +97,14 @@ class Gang:
     prefix: int
     layers_left: int
     deadline_ms: float
-    preempting: bool = False
 
 
 class MuxInstance(Instance):
-    """A GPU multiplexing prefill gangs and decode steps on SM partitions."""
+    """A GPU multiplexing prefill gangs and decode steps on SM partitions.
+
+    The engine of ``mux_step`` whose phases take the latency model's time;
+    ``launch`` returns the step's duration and what happens at its end.
+    """
 
     def __init__(self, *args, planner: bool, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -105,8 +119,7 @@ class MuxInstance(Instance):
                 decode_full_batch=cfg.pdmux_decode_bs_divisor,
             )
             self.splits = pdmux_splits(self.total_sm, lat.device.name)
-        self.gang: Gang | None = None
-        self.paused: Gang | None = None
+        self.gangs: GangSlots[Gang] = GangSlots()
         #: When the prefill stream finishes the blocks launched so far (async mode).
         self.prefill_until = 0.0
         self.prefill_units = 0
@@ -133,7 +146,7 @@ class MuxInstance(Instance):
         return req.peek[1]
 
     def _state(self, with_waiting: bool = True) -> MuxState:
-        gang, batch = self.gang, self.batch
+        gang, batch = self.gangs.current, self.batch
         # Deadlines are arrival + one TTFT target, so arrival order is deadline order.
         with_waiting = with_waiting and self.use_planner
         waiting = tuple(self._view(r) for r in self.waiting) if with_waiting else ()
@@ -150,7 +163,7 @@ class MuxInstance(Instance):
             prefill_prefix_tokens=gang.prefix if gang else 0,
             prefill_batch_size=len(gang.reqs) if gang else 0,
             prefill_deadline_ms=gang.deadline_ms if gang else float("inf"),
-            prefill_preempting=gang.preempting if gang else False,
+            prefill_preempting=self.gangs.paused is not None,
             waiting=waiting,
             kv_free_tokens=self.cache.available,
             prefill_token_budget=self.config.max_prefill_tokens,
@@ -159,25 +172,19 @@ class MuxInstance(Instance):
 
     # --------------------------------------------------------- admission
 
-    def _form_gang(self, reqs: list[Request], preempt: bool) -> None:
+    def _form_gang(self, reqs: list[Request]) -> Gang | None:
         admitted = [r for r in reqs if self.admit(r)]
         if not admitted:
-            return
+            return None
         taken = {id(r) for r in admitted}
         self.waiting = type(self.waiting)(r for r in self.waiting if id(r) not in taken)
-        gang = Gang(
+        return Gang(
             reqs=admitted,
             new=sum(r.new_tokens for r in admitted),
             prefix=sum(r.cached_tokens for r in admitted),
             layers_left=self.num_layers,
             deadline_ms=min(r.deadline_ms for r in admitted),
         )
-        if self.gang is not None:
-            if not preempt:
-                raise SimError(f"{self.name}: a new gang while one is in flight")
-            gang.preempting = True
-            self.paused = self.gang
-        self.gang = gang
 
     def _fcfs(self) -> list[Request]:
         """SGLang's admission order: FCFS up to the prefill token budget and the free KV."""
@@ -194,33 +201,50 @@ class MuxInstance(Instance):
             kv += view.kv_tokens
         return picked
 
-    # -------------------------------------------------------------- step
+    # ------------------------------------------------ the engine of mux_step
 
     def plan(self) -> tuple[float, Callable[[float], None]] | None:
-        now = self.sim.now
-        self._complete_gang(now)
-        if not self.use_planner and self.gang is None and self.waiting:
-            self._form_gang(self._fcfs(), preempt=False)
-        if self.use_planner and self.gang is None and not self.waiting:
-            # Nothing to decide: the planner's answer here is always decode alone on
-            # the decode-only split (test_sim checks it); skipping it saves its
-            # split search, most of a light-load run's cost.
-            decision = MuxDecision(split_index=len(self.splits) - 1, prefill_layers=0)
-        else:
-            decision = self.policy.decide(self._state())
+        return mux_step(self.policy, self)
+
+    def gang_complete(self, gang: Gang) -> bool:
+        # With async prefill, the last block may still be queued on the prefill stream.
+        return gang.layers_left == 0 and self.prefill_until <= self.sim.now
+
+    def merge_gang(self, gang: Gang) -> None:
+        for req in gang.reqs:
+            self.prefill_done(req, self.sim.now)
+
+    def begin_step(self) -> None:
+        """Nothing: the simulated scheduler has no per-step duties of its own."""
+
+    def admit_own(self) -> Gang | None:
+        return self._form_gang(self._fcfs()) if self.waiting else None
+
+    def decide(self, policy: MuxPolicy) -> MuxDecision:
+        decision = policy.decide(self._state())
         self.previous_split = decision.split_index
-        # Like the server, admissions are ignored while a gang is in flight unless
-        # they pre-empt it (with async prefill, a fully launched gang is in flight
-        # although the planner sees no layers left to launch).
-        if decision.admit and (self.gang is None or decision.preempt):
-            by_rid = {r.rid: r for r in self.waiting}
-            before = self.gang
-            self._form_gang([by_rid[rid] for rid in decision.admit], decision.preempt)
-            if self.gang is not before:
-                decision = self.policy.replan(decision, self._state(with_waiting=False))
-                self.previous_split = decision.split_index
+        return decision
+
+    def shed(self, rids: tuple[str, ...]) -> None:
+        if rids:  # the planner runs with overload="serve"
+            raise SimError(f"{self.name}: the simulated drift serves every request, asked to shed")
+
+    def admit_gang(self, decision: MuxDecision) -> Gang | None:
+        if not decision.admit:
+            return None
+        by_rid = {r.rid: r for r in self.waiting}
+        return self._form_gang([by_rid[rid] for rid in decision.admit])
+
+    def replan(self, policy: MuxPolicy, decision: MuxDecision) -> MuxDecision:
+        decision = policy.replan(decision, self._state(with_waiting=False))
+        self.previous_split = decision.split_index
+        return decision
+
+    def launch(self, decision: MuxDecision) -> tuple[float, Callable[[float], None]] | None:
+        """The step's duration and its end (decode tokens, layers done), or None: idle."""
+        now = self.sim.now
         split = self.splits[decision.split_index]
-        gang, batch = self.gang, self.batch
+        gang, batch = self.gangs.current, self.batch
         layers = min(decision.prefill_layers, gang.layers_left) if gang else 0
         if batch.size and split.decode_units == 0:
             raise SimError(f"{self.name}: split {decision.split_index} leaves decode no SMs")
@@ -235,16 +259,17 @@ class MuxInstance(Instance):
         decoding = batch.size > 0
 
         def on_end(end: float) -> None:
+            # A gang completed by this step merges at the start of the next
+            # (``mux_step``), at this same simulated time.
             if decoding:
                 self.decode_step(end)
             if not self.config.async_prefill and layers:
                 gang.layers_left -= layers
-            self._complete_gang(end)
 
         return duration, on_end
 
     def _block_ms(self, split: SmSplit, layers: int, beside_decode: bool) -> float:
-        gang = self.gang
+        gang = self.gangs.current
         assert gang is not None
         sm, new = split.prefill_units, max(1, gang.new)
         full = self.latency.prefill_ms(new, gang.prefix, sm, batch_size=len(gang.reqs))
@@ -285,8 +310,8 @@ class MuxInstance(Instance):
             block = self._block_ms(split, layers, beside_decode=b > 0)
             self.prefill_until = max(now, self.prefill_until) + block
             self.prefill_units = split.prefill_units
-            assert self.gang is not None
-            self.gang.layers_left -= layers
+            assert self.gangs.current is not None
+            self.gangs.current.layers_left -= layers
         busy = self.prefill_until > now
         if b:
             self.mixed_steps += busy
@@ -294,14 +319,6 @@ class MuxInstance(Instance):
             if busy:  # the queued blocks still hold their SMs
                 units = min(units, self.total_sm - self.prefill_units)
             return self._decode_ms(units, busy)
-        if self.gang is not None and busy:
+        if self.gangs.current is not None and busy:
             return self.prefill_until - now
         return None
-
-    def _complete_gang(self, now: float) -> None:
-        gang = self.gang
-        if gang is None or gang.layers_left > 0 or self.prefill_until > now:
-            return
-        self.gang, self.paused = self.paused, None
-        for req in gang.reqs:
-            self.prefill_done(req, now)
