@@ -194,8 +194,8 @@ def test_split_tables(latency):
 
 
 @pytest.mark.parametrize(("batch", "kv"), [(1, 100), (64, 200_000), (400, 440_000)])
-def test_planner_shortcut_matches_the_planner(latency, batch, kv):
-    """The simulator skips the planner when it has nothing to decide (decode only)."""
+def test_with_nothing_to_prefill_or_admit_decode_keeps_the_whole_device(latency, batch, kv):
+    """The planner's early answer (before its split search) on the simulator's table."""
     splits = drift_splits(latency.device)
     state = MuxState(
         decode_batch_size=batch,
