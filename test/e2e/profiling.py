@@ -17,12 +17,14 @@ INTERRUPT_AFTER_SAMPLES = 8
 BUDGET_MIN = 1.0
 #: Real CPU timings on a loaded 2-core machine are noisy (docs/latency-model.md),
 #: and a short run holds out few samples, so its p95 is nearly its worst sample:
-#: the run's own bound is loose, and the test checks the mean error as well. The
-#: mean's bound is 50%: a fresh-clone CI run measured 34% for decode (6 held-out
-#: samples) with only idle servers beside it; a fit of the wrong form is off by
-#: several times that.
-CPU_MAX_P95_ERROR = 1.0
-CPU_MAX_MEAN_ERROR = 0.5
+#: the run's own bound is loose, and the test checks the mean error as well.
+#: Fresh-clone CI runs measured a decode mean of 34% (6 held-out samples) and,
+#: on 2026-12-02, 54% with a p95 of 110% (5 held-out samples; the run then
+#: refused to write the profile and every test using it errored), with only
+#: idle servers beside it. A fit of the wrong form is off by several times
+#: that; the bounds sit above the noise seen, below a wrong form.
+CPU_MAX_P95_ERROR = 2.0
+CPU_MAX_MEAN_ERROR = 0.75
 
 
 @dataclass(frozen=True)
