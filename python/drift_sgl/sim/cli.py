@@ -194,9 +194,8 @@ def assumptions(config: SimConfig, latency: LatencyModel, capacity: dict[str, An
         out["planner"] = (
             "SloPlanner(latency, overload='serve'), unchanged, on a MuxState built each step: "
             "TPOT target = --tpot-slo-ms while decoding, deadline = arrival + --ttft-slo-ms, "
-            "group = crc32 of the prompt's first segment, kv_free = free + evictable; "
-            "not consulted when nothing waits and no gang is in flight (its answer there is "
-            "always the decode-only split)"
+            "group = crc32 of the prompt's first segment, kv_free = free + evictable; the "
+            "step around it is the server's (drift_sgl.mux.mux_step)"
         )
     if policy == "pdmux":
         out["pdmux"] = {
