@@ -108,7 +108,6 @@ class MuxInstance(Instance):
 
     def __init__(self, *args, planner: bool, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.use_planner = planner
         cfg, lat = self.config, self.latency
         if planner:
             self.policy = SloPlanner(lat, overload="serve")
@@ -148,7 +147,7 @@ class MuxInstance(Instance):
     def _state(self, with_waiting: bool = True) -> MuxState:
         gang, batch = self.gangs.current, self.batch
         # Deadlines are arrival + one TTFT target, so arrival order is deadline order.
-        with_waiting = with_waiting and self.use_planner
+        with_waiting = with_waiting and self.policy.chooses_requests
         waiting = tuple(self._view(r) for r in self.waiting) if with_waiting else ()
         return MuxState(
             decode_batch_size=batch.size,
