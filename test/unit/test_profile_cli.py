@@ -208,20 +208,23 @@ def test_the_shipped_estimates_are_current(tmp_path, gpu):
     new, old = LatencyModel.load(fresh), LatencyModel.load(shipped)
     hint = f"regenerate {shipped} with `python -m drift_sgl.profile estimate`"
     assert (new.model, new.device, new.source) == (old.model, old.device, old.source), hint
-    # Predictions, not bits: another CPU's LAPACK may round the fit differently.
+    # Predictions, not bits: another CPU's LAPACK may round the fit differently
+    # (one 2-core VM's fresh H200 estimate differed by 2.3e-5 in a decode step
+    # time from the shipped one); a change of the physics moves them by percents.
+    rel = 1e-3
     for sm in (8, 40, 66, 132):
         for n, p in ((64, 0), (2048, 4096), (16384, 0)):
-            assert new.prefill_ms(n, p, sm) == pytest.approx(old.prefill_ms(n, p, sm), rel=1e-6)
+            assert new.prefill_ms(n, p, sm) == pytest.approx(old.prefill_ms(n, p, sm), rel=rel)
         for b in (1, 64, 256):
             assert new.decode_ms(b, b * 2048, sm) == pytest.approx(
-                old.decode_ms(b, b * 2048, sm), rel=1e-6
+                old.decode_ms(b, b * 2048, sm), rel=rel
             ), hint
             assert new.co_run_slowdown("decode", sm, b) == pytest.approx(
-                old.co_run_slowdown("decode", sm, b), rel=1e-6
+                old.co_run_slowdown("decode", sm, b), rel=rel
             ), hint
         for n in (128, 512, 4096):
             assert new.co_run_slowdown("prefill", sm, n) == pytest.approx(
-                old.co_run_slowdown("prefill", sm, n), rel=1e-6
+                old.co_run_slowdown("prefill", sm, n), rel=rel
             ), hint
 
 
