@@ -387,3 +387,72 @@ def test_decision_rejects_inconsistent_values():
         MuxDecision(split_index=0, prefill_layers=1, preempt=True)
     with pytest.raises(ValueError):
         MuxDecision(split_index=0, prefill_layers=1, admit=("a",), shed=("a",))
+
+
+# ------------------------------------------------------- the admission's speed
+
+
+class NoLateFloor(SloPlanner):
+    """The planner predicting every request's time (no lower-bound shortcut)."""
+
+    def _certainly_late(self, state, step, request):
+        return False
+
+
+@pytest.mark.parametrize("overload", ["serve", "shed"])
+@pytest.mark.parametrize("concurrent", [True, False])
+def test_the_late_floor_changes_no_decision_on_the_h100_profile(overload, concurrent):
+    import random
+
+    rng = random.Random(7)
+    model = LatencyModel.load(H100)
+    fast, exact = SloPlanner(model, overload=overload), NoLateFloor(model, overload=overload)
+    table = tuple(SmSplit(132 - d, d) for d in range(0, 133, 12))
+    for i in range(60):
+        now = 1000.0 * i
+        queue = [
+            waiting(
+                f"r{j}",
+                rng.randint(1, 9000),
+                now + rng.uniform(-300.0, 3000.0),
+                prefix=rng.choice((0, 0, rng.randint(1, 30000))),
+                group=rng.randrange(6),
+            )
+            for j in range(rng.randint(1, 120))
+        ]
+        s = state(
+            now_ms=now,
+            splits=table,
+            concurrent=concurrent,
+            decode_batch_size=rng.choice((0, 8, 128)),
+            decode_kv_tokens=rng.randint(1000, 400_000),
+            decode_tpot_ms=rng.choice((None, 25.0, 50.0)),
+            waiting=tuple(queue),
+        )
+        assert fast.decide(s) == exact.decide(s)
+
+
+def test_the_late_floor_is_below_every_exact_gang_time():
+    import random
+
+    from drift_sgl.policy.planner import _top_bits
+
+    rng = random.Random(3)
+    model = LatencyModel.load(H100)
+    planner = SloPlanner(model)
+    for _ in range(400):
+        new, prefix = rng.randint(1, 20000), rng.choice((0, rng.randint(1, 60000)))
+        assert 0.75 * new <= _top_bits(new) <= new
+        s = state(
+            now_ms=0.0,
+            splits=tuple(SmSplit(132 - d, d) for d in range(0, 133, 12)),
+            concurrent=rng.random() < 0.7,
+            decode_batch_size=rng.choice((0, 16, 256)),
+            decode_kv_tokens=100_000,
+            decode_tpot_ms=50.0,
+        )
+        step = planner._step(s)
+        exact = planner._gang_ms(s, step, new, prefix, 1)
+        # Late exactly when the deadline is before the exact time: never shown late before.
+        request = waiting("r", new, exact, prefix=prefix)
+        assert not planner._certainly_late(s, step, request)

@@ -105,13 +105,32 @@ class PhaseFit:
         """Prediction at a profiled SM count: the binding (larger) branch."""
         return max(_dot(coefs, features) for coefs in self.branches[sm])
 
+    # The planner asks dozens of questions per step: the two methods below are
+    # written with plain loops, not generators (half the time per prediction).
+
     def _solo(self, index: int, features: tuple[float, ...]) -> float:
-        return max(_dot(coefs, features) for coefs in self._forms[index])
+        forms = self._forms[index]
+        value = _dot(forms[0], features)
+        for coefs in forms[1:]:
+            other = _dot(coefs, features)
+            if other > value:
+                value = other
+        return value
+
+    def _running_min(self, index: int, features: tuple[float, ...]) -> float:
+        """The smallest prediction at the counts up to ``index`` (its candidates only)."""
+        candidates = self._candidates[index]
+        value = self._solo(candidates[0], features)
+        for j in candidates[1:]:
+            other = self._solo(j, features)
+            if other < value:
+                value = other
+        return value
 
     def _values(self, hi: int, features: tuple[float, ...]) -> tuple[float, float]:
         """Running-minimum predictions at counts ``hi - 1`` (0.0 for none) and ``hi``."""
-        low = min(self._solo(j, features) for j in self._candidates[hi - 1]) if hi > 0 else 0.0
-        return low, min(self._solo(j, features) for j in self._candidates[hi])
+        low = self._running_min(hi - 1, features) if hi > 0 else 0.0
+        return low, self._running_min(hi, features)
 
     def predict(self, sm: float, features: tuple[float, ...]) -> float:
         counts = self._counts

@@ -49,7 +49,12 @@ _MEMO_ENTRIES = 4096
 
 
 class LatencyPredictor(Protocol):
-    """The part of ``drift_sgl.latency.LatencyModel`` the planner uses."""
+    """The part of ``drift_sgl.latency.LatencyModel`` the planner uses.
+
+    Prefill predictions never fall with more new or prefix tokens, and a
+    worst case is never below the solo time (``SloPlanner._certainly_late``
+    relies on both; ``LatencyModel`` holds them by construction).
+    """
 
     def prefill_ms(
         self,
@@ -80,6 +85,11 @@ class _Step:
     takes_turns: bool
     #: Prefill budget per step on a time-multiplexed backend (None: cover decode).
     turn_budget_ms: float | None
+
+
+def _top_bits(tokens: int, bits: int = 3) -> int:
+    """``tokens`` with all but its ``bits`` highest bits cleared (at most 1/4 less)."""
+    return tokens & ~((1 << max(0, tokens.bit_length() - bits)) - 1)
 
 
 def _first_meeting(
@@ -246,17 +256,40 @@ class SloPlanner:
         return max(1, layers)
 
     def _prefill_ms(self, step: _Step, new: int, prefix: int, seqs: int) -> float:
+        return self._predicted(new, prefix, seqs, step.prefill_units, step.co_run)
+
+    def _predicted(self, new: int, prefix: int, seqs: int, units: int, worst: bool) -> float:
         # The same questions recur step after step (the gang in flight, the
         # waiting requests at the head of the queue): remember the answers.
-        key = (max(1, new), prefix, max(1, seqs), step.prefill_units, step.co_run)
+        key = (max(1, new), prefix, max(1, seqs), units, worst)
         known = self._memo.get(key)
         if known is None:
             if len(self._memo) >= _MEMO_ENTRIES:
                 self._memo.clear()
             known = self._memo[key] = self.latency.prefill_ms(
-                key[0], prefix, key[3], worst_case=key[4], batch_size=key[2]
+                key[0], prefix, units, worst_case=worst, batch_size=key[2]
             )
         return known
+
+    def _certainly_late(self, state: MuxState, step: _Step, request: WaitingRequest) -> bool:
+        """Whether ``request`` alone misses its deadline, shown without predicting its time.
+
+        A lower bound on its gang time: its solo prefill with the new and prefix
+        tokens rounded down to their top three bits. Predictions never fall
+        with more tokens (latency.forms), a co-run only slows (guard factors
+        are >= 1), and taking turns only adds decode time; the rounded sizes
+        recur, so the bound is almost always remembered. The admission walk
+        passes every late request at the head of the queue, each new to the
+        planner as the clock moves on: this spares most of their predictions.
+        """
+        floor_ms = self._predicted(
+            _top_bits(request.new_tokens),
+            _top_bits(request.prefix_tokens),
+            1,
+            step.prefill_units,
+            False,
+        )
+        return state.now_ms + floor_ms > request.deadline_ms
 
     def _gang_ms(self, state: MuxState, step: _Step, new: int, prefix: int, seqs: int) -> float:
         """Predicted time from launching a gang to its completion."""
@@ -295,8 +328,11 @@ class SloPlanner:
         for request in waiting[start:]:
             if len(picked) >= state.prefill_max_requests:
                 break
-            alone = self._gang_ms(state, step, request.new_tokens, request.prefix_tokens, 1)
-            if now + alone > request.deadline_ms:
+            if (
+                self._certainly_late(state, step, request)
+                or now + self._gang_ms(state, step, request.new_tokens, request.prefix_tokens, 1)
+                > request.deadline_ms
+            ):
                 late.append(request)
                 continue
             if request.group is not None and request.group in cold_groups:
