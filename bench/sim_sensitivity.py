@@ -43,6 +43,9 @@ RANGES = {
     "bandwidth_half_share": (0.05, 0.3),
     "bandwidth_efficiency": (0.69, 0.92),
     "co_run_extra": (1.15, 1.3),
+    # 0.24-1.9 ms per forward of an 8B model: the top is a vLLM H200 run's
+    # implied step overhead, an upper bound (docs/latency-model.md).
+    "fixed_cost_scale": (0.5, 4.0),
 }
 CHUNK_SIZES = (256, 512, 1024, 2048)
 

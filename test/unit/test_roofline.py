@@ -104,3 +104,13 @@ def test_physics_overrides_are_checked():
     assert CENTRAL_PHYSICS.with_overrides({"overlap_loss": 0.5}).overlap_loss == 0.5
     with pytest.raises(ValueError, match="unknown physics constants"):
         CENTRAL_PHYSICS.with_overrides({"overlap": 0.5})
+
+
+def test_fixed_cost_scale_multiplies_the_fixed_cost_of_every_forward(h100):
+    spec, layers = h100.spec, h100.shape.layers
+    fixed = spec.fixed_ms + spec.per_layer_ms * layers
+    scaled = Roofline(h100.shape, spec, CENTRAL_PHYSICS.with_overrides({"fixed_cost_scale": 4.0}))
+    for prefill_args in ((128, 0, 1, 132), (4096, 2000, 2, 66)):
+        added = scaled.prefill_ms(*prefill_args) - h100.prefill_ms(*prefill_args)
+        assert added == pytest.approx(3 * fixed)
+    assert scaled.decode_ms(1, 1024, 132) - h100.decode_ms(1, 1024, 132) == pytest.approx(3 * fixed)

@@ -48,6 +48,9 @@ class Physics:
     overlap_loss: float = 0.3
     #: Slowdown of a co-running phase beyond sharing HBM (L2, scheduling): none known.
     co_run_extra: float = 1.0
+    #: Multiplier on the device's fixed cost per forward and per layer
+    #: (``DeviceSpec.fixed_ms``, ``per_layer_ms``): no public figure isolates it.
+    fixed_cost_scale: float = 1.0
 
     def bandwidth_fraction(self, share: float) -> float:
         """Fraction of the whole GPU's streaming bandwidth that ``share`` of its SMs reach."""
@@ -215,7 +218,10 @@ class Roofline:
     @property
     def _fixed_ms(self) -> float:
         """Launch cost of one forward, whatever its size."""
-        return self.spec.fixed_ms + self.spec.per_layer_ms * self.shape.layers
+        spec = self.spec
+        return (
+            spec.fixed_ms + spec.per_layer_ms * self.shape.layers
+        ) * self.physics.fixed_cost_scale
 
     def _bandwidth(self, share: float) -> float:
         """Bytes per ms that ``share`` of the SMs stream from memory."""
