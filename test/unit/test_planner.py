@@ -456,3 +456,28 @@ def test_the_late_floor_is_below_every_exact_gang_time():
         # Late exactly when the deadline is before the exact time: never shown late before.
         request = waiting("r", new, exact, prefix=prefix)
         assert not planner._certainly_late(s, step, request)
+
+
+def test_the_split_search_finds_the_first_meeting_index_from_any_hint():
+    import random
+
+    from drift_sgl.policy.planner import _first_meeting
+
+    rng = random.Random(5)
+    for _ in range(300):
+        size = rng.randint(1, 14)
+        times = sorted((rng.uniform(1.0, 100.0) for _ in range(size)), reverse=True)
+        target = rng.choice((0.5, 150.0, rng.uniform(1.0, 100.0), *times))
+        lo, hi = 0, size - 1
+        meeting = [i for i in range(lo, hi + 1) if times[i] <= target]
+        expected = meeting[0] if meeting else hi
+        for hint in (None, -1, size, *range(size)):
+            asked: list[int] = []
+
+            def time_at(i, asked=asked, times=times):
+                asked.append(i)
+                return times[i]
+
+            found = _first_meeting(time_at, target, lo, hi, hint)
+            assert found == expected, (times, target, hint)
+            assert all(lo <= i <= hi for i in asked)

@@ -98,20 +98,22 @@ def _first_meeting(
     """The smallest index in [lo, hi] whose time meets ``target`` (hi if none does).
 
     Times never rise with the index (more decode units). Starting from last
-    step's split, a walk usually settles in two predictions; without a usable
-    hint, bisection.
+    step's split, a walk usually settles in two predictions (the hint meets,
+    the one below does not); without a usable hint, bisection.
     """
-    if time_at(hi) > target:
-        return hi
     if hint is not None and lo <= hint <= hi:
         index = hint
         if time_at(index) <= target:
             while index > lo and time_at(index - 1) <= target:
                 index -= 1
-        else:
-            while time_at(index) > target:
-                index += 1
-        return index
+            return index
+        while index < hi:
+            index += 1
+            if time_at(index) <= target:
+                return index
+        return hi
+    if time_at(hi) > target:
+        return hi
     while lo < hi:
         mid = (lo + hi) // 2
         if time_at(mid) <= target:
