@@ -141,6 +141,8 @@ class DriftScheduler(Scheduler):
         #: The batch whose attention metadata the backend holds (see _launch_prefill_block).
         self._attention_owner: Any = None
         self._previous_split: int | None = None
+        #: Seconds the policy took this step (decide and re-plan), for the metrics.
+        self._planner_s = 0.0
         self._mux_counters = MuxCounters()
         self._watchdog = StallWatchdog(timeout_s=config.stall_timeout_s)
         #: The watchdog found a stall; acted on next step, by every TP rank alike.
@@ -283,6 +285,11 @@ class DriftScheduler(Scheduler):
         When nothing would run yet requests wait, SGLang's own admission starts
         a gang first (``_admit_when_idle``).
         """
+        if self._metrics is not None:
+            # The decision as executed: after a re-plan, not the first plan.
+            split = self._partition.splits[decision.split_index]
+            share = split.decode_units / (split.decode_units + split.prefill_units)
+            self._metrics.step(share, decision.prefill_layers, self._planner_s)
         decode_batch = self._prepare_decode()
         if self._gangs.current is None and decode_batch is None and self._work_waiting():
             self._admit_when_idle()
@@ -376,10 +383,7 @@ class DriftScheduler(Scheduler):
                 [mine], group.ranks[group.rank_in_group], self.tp_cpu_group, src=group.ranks[0]
             )[0]
         self._previous_split = decision.split_index
-        if self._metrics is not None:
-            split = self._partition.splits[decision.split_index]
-            share = split.decode_units / (split.decode_units + split.prefill_units)
-            self._metrics.step(share, decision.prefill_layers, time.perf_counter() - started)
+        self._planner_s = time.perf_counter() - started
         return decision, stalled, fell_back
 
     def _safe_decision(self, policy: MuxPolicy) -> tuple[MuxDecision, bool]:
@@ -414,9 +418,11 @@ class DriftScheduler(Scheduler):
         """
         if self._fell_back:
             return self._layer_budget_decision()
+        started = time.perf_counter()
         try:
             formed = self._mux_state(with_waiting=False)
             decision = policy.replan(decision, formed)
+            self._planner_s += time.perf_counter() - started
         except Exception:
             self._mux_counters.planner_errors += 1
             if self._mux_counters.planner_errors == 1:
