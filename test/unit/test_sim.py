@@ -11,7 +11,7 @@ import pytest
 
 from drift_sgl.latency.model import ContentionGuard, LatencyModel
 from drift_sgl.partition.base import SmSplit
-from drift_sgl.partition.sm_layout import SmGranularity, planned_split_table
+from drift_sgl.partition.sm_layout import SmGranularity, granularity_for, planned_split_table
 from drift_sgl.policy import MuxState, SloPlanner
 from drift_sgl.rate_search import find_goodput
 from drift_sgl.sim import cli
@@ -19,7 +19,7 @@ from drift_sgl.sim.cache import CapacityError, RadixCache
 from drift_sgl.sim.driver import simulate
 from drift_sgl.sim.engine import DecodeBatch, Request, RequestRecord
 from drift_sgl.sim.metrics import summarize
-from drift_sgl.sim.policies.mux import drift_splits, pdmux_splits
+from drift_sgl.sim.policies.mux import drift_splits, family_granularity, pdmux_splits
 from drift_sgl.sim.trace import Turn, write_trace
 
 REPO = Path(__file__).resolve().parents[2]
@@ -191,6 +191,21 @@ def test_split_tables(latency):
     assert table == planned_split_table(132, SmGranularity(8, 8))
     assert table[0] == SmSplit(132, 0) and table[-1] == SmSplit(0, 132)
     assert [s.decode_units for s in table[1:-1]] == [16, 32, 48, 64, 80, 96]
+
+
+@pytest.mark.parametrize(
+    ("name", "capability"),
+    [
+        ("NVIDIA H100 80GB HBM3", 9),
+        ("NVIDIA H200", 9),
+        ("NVIDIA B200", 10),
+        ("NVIDIA A100-SXM4-80GB", 8),
+        ("NVIDIA L40S", 8),
+        ("NVIDIA A10G", 8),
+    ],
+)
+def test_the_simulator_splits_a_gpu_as_its_server_would(name, capability):
+    assert family_granularity(name) == granularity_for(capability, 0)
 
 
 @pytest.mark.parametrize(("batch", "kv"), [(1, 100), (64, 200_000), (400, 440_000)])

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from drift_sgl.latency.identity import DeviceIdentity
 from drift_sgl.mux import GangSlots, mux_step
 from drift_sgl.partition.base import SmSplit
-from drift_sgl.partition.sm_layout import SmGranularity, planned_split_table
+from drift_sgl.partition.sm_layout import SmGranularity, granularity_for, planned_split_table
 from drift_sgl.policy import (
     LayerBudgetRule,
     MuxDecision,
@@ -48,36 +48,35 @@ PDMUX_SM_GROUPS = 8
 def drift_splits(device: DeviceIdentity) -> tuple[SmSplit, ...]:
     """The table drift's server builds on ``device`` with ``--drift-splits auto``.
 
-    GPU: green-context granularity by family (``arch_constraints``); CPU: any
-    thread count, as the server's cpu-streams backend.
+    GPU: green-context granularity of its family (``family_granularity``);
+    CPU: any thread count, as the server's cpu-streams backend.
     """
-    unit = (
-        SmGranularity(1, 1)
-        if device.kind == "cpu"
-        else SmGranularity(*arch_constraints(device.name))
-    )
+    unit = SmGranularity(1, 1) if device.kind == "cpu" else family_granularity(device.name)
     return planned_split_table(device.total_sm, unit)
 
 
-def arch_constraints(device_name: str) -> tuple[int, int]:
-    """Green-context (min SMs per part, multiple) by GPU family, as upstream's table.
+def family_granularity(device_name: str) -> SmGranularity:
+    """The server's granularity table (``granularity_for``) for a GPU known by name only.
 
-    Upstream reads the compute capability; the simulator only has the name:
-    Hopper and Blackwell -> (8, 8) (upstream rejects capability >= 10; we
-    assume it would use Hopper's), Ampere/Ada -> (4, 2).
+    The server reads the compute capability; a profile keeps the device's
+    name. Ampere and Ada parts split like capability 8.x (4 SMs, multiples of
+    2); everything else like Hopper (8, 8), which Blackwell shares.
     """
     name = device_name.upper()
-    if any(tag in name for tag in ("A100", "A10", "A30", "A40", "L4", "L40", "RTX")):
-        return 4, 2
-    return 8, 8
+    ampere_or_ada = ("A100", "A10", "A30", "A40", "L4", "L40", "RTX")
+    return granularity_for(8 if any(tag in name for tag in ampere_or_ada) else 9, 0)
 
 
 def pdmux_splits(total_sm: int, device_name: str, groups: int = PDMUX_SM_GROUPS - 2):
-    """Upstream ``divide_sm`` (prefill >= decode >= 16), wrapped in the table convention."""
-    min_part, multiple = arch_constraints(device_name)
+    """Upstream ``divide_sm`` (prefill >= decode >= 16), wrapped in the table convention.
+
+    Upstream's architecture table agrees with ``granularity_for`` on Ampere,
+    Ada and Hopper.
+    """
+    unit = family_granularity(device_name)
     values = [
         x
-        for x in range(min_part, total_sm - min_part + 1, multiple)
+        for x in range(unit.min_count, total_sm - unit.min_count + 1, unit.multiple)
         if x >= total_sm - x and total_sm - x >= 16
     ]
     if not values:
