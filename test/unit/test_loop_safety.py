@@ -141,7 +141,7 @@ class FakeReq:
 
 def waiting_rids(queue, priority_sign):
     view = SloView(SloTable(default=SloTarget(ttft_ms=None, tpot_ms=None)))
-    views = view.waiting(queue, lambda req: 0, 0, 1.0, priority_sign)
+    views = view.waiting(queue, lambda req: 0, 0, priority_sign)
     return [w.rid for w in views]
 
 
@@ -162,7 +162,7 @@ def test_deadlines_still_order_the_offered_requests():
     queue[0].time_stats.wait_queue_entry_time = 2.0
     queue[1].time_stats.wait_queue_entry_time = 1.0
     view = SloView(SloTable(default=SloTarget(ttft_ms=100.0, tpot_ms=None)))
-    views = view.waiting(queue, lambda req: 0, 0, 1.0, -1)
+    views = view.waiting(queue, lambda req: 0, 0, -1)
     assert [w.rid for w in views] == ["early", "late"]
     assert all(math.isfinite(w.deadline_ms) for w in views)
 

@@ -38,6 +38,7 @@ from sglang.srt.distributed.parallel_state import pdmux_prefill_tp_group
 from sglang.srt.environ import envs
 from sglang.srt.managers.io_struct import AbortReq
 from sglang.srt.managers.schedule_batch import FINISH_ABORT
+from sglang.srt.managers.schedule_policy import CLIP_MAX_NEW_TOKENS
 from sglang.srt.managers.scheduler import Scheduler
 from sglang.srt.mem_cache.common import match_kv_cache, release_kv_cache
 from sglang.srt.model_executor.forward_batch_info import ForwardMode
@@ -131,7 +132,7 @@ class DriftScheduler(Scheduler):
             device_identity(self.device, self._partition.total_units, get_device().gpu_id),
         )
         self.latency_model = latency.model
-        self._slo_view = SloView(config.slo_table())
+        self._slo_view = SloView(config.slo_table(), output_clip=CLIP_MAX_NEW_TOKENS)
         self._mux_policy = build_policy(config, self.latency_model)
         #: The gang in flight, and one it pre-empted at a layer boundary.
         self._gangs: GangSlots[PrefillGang] = GangSlots()
@@ -471,17 +472,25 @@ class DriftScheduler(Scheduler):
                 self.waiting_queue,
                 self._cached_prefix_len,
                 self._mux_counters.gangs_merged,
-                self.new_token_ratio_tracker.current,
                 self._priority_sign(),
             )
             if with_waiting
             else (),
-            kv_free_tokens=int(
-                self.token_to_kv_pool_allocator.available_size() + self.tree_cache.evictable_size()
-            ),
+            kv_free_tokens=self._kv_admission_room(decoding),
             prefill_token_budget=int(self.max_prefill_tokens),
             previous_split=self._previous_split,
         )
+
+    def _kv_admission_room(self, decoding: list) -> int:
+        """SGLang's admission room (``policy.kv``): free and evictable KV less what
+        the running requests, and the gangs' (in flight, pre-empted), keep for
+        their outputs."""
+        holders = list(decoding)
+        for gang in self._gangs:
+            holders += gang.batch.reqs
+        room = self._slo_view.kv_room(holders, self.new_token_ratio_tracker.current)
+        free = self.token_to_kv_pool_allocator.available_size() + self.tree_cache.evictable_size()
+        return max(0, int(free) - room)
 
     def _priority_sign(self) -> int | None:
         """SGLang's priority order (lower sort keys first), or None without priorities."""

@@ -18,6 +18,7 @@ from typing import Any
 
 from drift_sgl.door.slo import RequestedSlo
 from drift_sgl.policy.base import WaitingRequest
+from drift_sgl.policy.kv import OUTPUT_RESERVE_CLIP, admission_kv_tokens, running_kv_room
 from drift_sgl.policy.slo import SloTable
 
 logger = logging.getLogger(__name__)
@@ -25,9 +26,6 @@ logger = logging.getLogger(__name__)
 #: Tokens that name a request's prefix group: long enough to tell system
 #: prompts apart, short enough to be cheap to hash.
 GROUP_TOKENS = 64
-#: Output tokens reserved per request at most when estimating its KV need
-#: (SGLang clips max_new_tokens the same way for its own reservation).
-OUTPUT_RESERVE_CLIP = 4096
 
 
 def now_ms() -> float:
@@ -52,8 +50,10 @@ class RequestSlo:
 class SloView:
     """Builds the planner's view of the running and waiting requests."""
 
-    def __init__(self, table: SloTable) -> None:
+    def __init__(self, table: SloTable, output_clip: int = OUTPUT_RESERVE_CLIP) -> None:
         self.table = table
+        #: SGLang's clip on the output KV it reserves per request (``policy.kv``).
+        self.output_clip = output_clip
         self.unknown_classes: set[str] = set()
 
     def of(self, req: Any) -> RequestSlo:
@@ -96,12 +96,22 @@ class SloView:
     def earliest_deadline(self, reqs: list[Any]) -> float:
         return min((self.of(r).deadline_ms for r in reqs), default=math.inf)
 
+    def kv_room(self, running: list[Any], new_token_ratio: float) -> int:
+        """KV the running requests keep for their outputs (``policy.kv``: SGLang's
+        count, which admission leaves them)."""
+        room = 0.0
+        for req in running:
+            params = req.sampling_params
+            ratio = 1.0 if getattr(params, "ignore_eos", False) else new_token_ratio
+            max_new = self.output_clip if params.max_new_tokens is None else params.max_new_tokens
+            room += running_kv_room(max_new, len(req.output_ids), ratio, self.output_clip)
+        return math.ceil(room)
+
     def waiting(
         self,
         queue: list[Any],
         match_prefix: Any,
         prefills_done: int,
-        new_token_ratio: float,
         priority_sign: int | None = None,
     ) -> tuple[WaitingRequest, ...]:
         """Waiting requests that still need their first token, by deadline.
@@ -126,15 +136,15 @@ class SloView:
                 slo.matched_at = prefills_done
             total = len(req.origin_input_ids)
             new = max(1, total - slo.prefix_tokens)
-            max_new = req.sampling_params.max_new_tokens or OUTPUT_RESERVE_CLIP
-            reserve = int(min(max_new, OUTPUT_RESERVE_CLIP) * new_token_ratio)
+            max_new = req.sampling_params.max_new_tokens
+            max_new = self.output_clip if max_new is None else max_new
             views.append(
                 WaitingRequest(
                     rid=req.rid,
                     new_tokens=new,
                     prefix_tokens=slo.prefix_tokens,
                     deadline_ms=slo.deadline_ms,
-                    kv_tokens=new + reserve,
+                    kv_tokens=admission_kv_tokens(new, max_new, self.output_clip),
                     group=slo.group,
                 )
             )

@@ -89,7 +89,7 @@ def simulate(
     """
     sim = Simulator()
     by_session = [_requests(s, config.ttft_slo_ms) for s in sessions(turns)]
-    need = max(r.prompt_tokens + r.output_tokens for s in by_session for r, _ in s)
+    need = max(r.kv_need(r.prompt_tokens) for s in by_session for r, _ in s)
     if need > config.kv_capacity_tokens:
         raise SimError(
             f"a request needs {need} KV tokens (prompt + output) but the KV capacity is "

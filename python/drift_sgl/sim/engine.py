@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from drift_sgl.latency.model import LatencyModel
+from drift_sgl.policy.kv import admission_kv_tokens
 from drift_sgl.sim.cache import RadixCache, Segment
 
 #: Most new tokens one prefill batch or gang may hold (SGLang's --max-prefill-tokens).
@@ -84,6 +85,11 @@ class Request:
     instance: str = ""
     #: (cache version, cached tokens, planner view) memo for a waiting request.
     peek: tuple | None = None
+
+    def kv_need(self, new_tokens: int, with_output: bool = True) -> int:
+        """KV its admission reserves (``policy.kv``). A simulated request has a
+        fixed length and is never retracted, so it reserves its whole output."""
+        return admission_kv_tokens(new_tokens, self.output_tokens if with_output else 0, None)
 
 
 @dataclass(frozen=True)
@@ -276,7 +282,7 @@ class Instance:
         path, cached = self.cache.match(req.segments, touch=True)
         self.cache.lock(path)
         new = req.prompt_tokens - cached
-        if not self.cache.reserve(new + (req.output_tokens if reserve_output else 0)):
+        if not self.cache.reserve(req.kv_need(new, reserve_output)):
             self.cache.unlock(path)
             return False
         req.path, req.cached_tokens, req.new_tokens, req.prefilled = path, cached, new, 0

@@ -137,7 +137,7 @@ class MuxInstance(Instance):
                 new_tokens=new,
                 prefix_tokens=cached,
                 deadline_ms=req.deadline_ms,
-                kv_tokens=new + req.output_tokens,
+                kv_tokens=req.kv_need(new),
                 group=req.group,
             )
             req.peek = (version, view)
