@@ -19,6 +19,7 @@ from drift_sgl.latency import (
     write_sample,
 )
 from drift_sgl.latency.fit import UNMEASURED_GUARD
+from drift_sgl.latency.forms import decode_features, prefill_features
 from drift_sgl.latency.samples import parse_samples
 
 TOTAL_SM = 132
@@ -97,6 +98,23 @@ def test_predictions_never_increase_with_more_sms():
     for batch in (1, 32, 256):
         values = [model.decode_ms(batch, batch * 1000, sm) for sm in range(1, TOTAL_SM + 1)]
         assert all(b <= a + 1e-9 for a, b in itertools.pairwise(values))
+
+
+def test_a_prediction_at_a_profiled_count_is_the_smallest_of_the_counts_up_to_it():
+    # The running minimum, against its definition from the public per-count prediction.
+    samples = make_samples(random.Random(3), noise=0.10, shares=(8, 16, 24, 32, 64, 132))
+    model = fit_latency_model(samples, DEVICE, MODEL, holdout=0.0)
+    rng = random.Random(4)
+    for phase, features in (
+        (model.prefill, lambda: prefill_features(rng.randint(1, 9000), rng.randint(0, 9000), 2)),
+        (model.decode, lambda: decode_features(rng.randint(1, 256), rng.randint(0, 400_000))),
+    ):
+        counts = phase.sm_counts
+        for _ in range(200):
+            x = features()
+            for i, sm in enumerate(counts):
+                expected = min(phase.solo_at(c, x) for c in counts[: i + 1])
+                assert phase.predict(sm, x) == pytest.approx(expected, rel=1e-12)
 
 
 def test_predictions_grow_with_work(fitted):

@@ -481,3 +481,20 @@ def test_the_split_search_finds_the_first_meeting_index_from_any_hint():
             found = _first_meeting(time_at, target, lo, hi, hint)
             assert found == expected, (times, target, hint)
             assert all(lo <= i <= hi for i in asked)
+
+
+def test_a_full_memo_forgets_its_older_half_and_keeps_the_recent_questions():
+    from drift_sgl.policy.planner import _MEMO_ENTRIES
+
+    fresh = SloPlanner(LinearModel())
+    for new in range(1, _MEMO_ENTRIES + 1):
+        fresh._predicted(new, 0, 1, 50, False)
+    assert len(fresh._memo) == _MEMO_ENTRIES
+    fresh._predicted(_MEMO_ENTRIES + 1, 0, 1, 50, False)
+    assert len(fresh._memo) == _MEMO_ENTRIES // 2 + 1
+    assert (_MEMO_ENTRIES, 0, 1, 50, False) in fresh._memo  # the newest stay
+    assert (1, 0, 1, 50, False) not in fresh._memo
+    # A remembered answer is the model's answer.
+    assert fresh._predicted(_MEMO_ENTRIES, 0, 1, 50, False) == LinearModel().prefill_ms(
+        _MEMO_ENTRIES, 0, 50
+    )

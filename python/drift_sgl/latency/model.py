@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import math
 import operator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,7 +81,8 @@ class PhaseFit:
     branches: dict[int, tuple[tuple[float, ...], ...]]
     _counts: tuple[int, ...] = field(init=False, repr=False, compare=False)
     _forms: tuple = field(init=False, repr=False, compare=False)
-    _candidates: tuple[tuple[int, ...], ...] = field(init=False, repr=False, compare=False)
+    #: Per SM count, the forms of the counts that can hold its running minimum.
+    _candidate_forms: tuple = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.branches:
@@ -95,7 +97,11 @@ class PhaseFit:
         forms = tuple(self.branches[count] for count in counts)
         object.__setattr__(self, "_counts", counts)
         object.__setattr__(self, "_forms", forms)
-        object.__setattr__(self, "_candidates", _running_min_candidates(forms))
+        object.__setattr__(
+            self,
+            "_candidate_forms",
+            tuple(tuple(forms[j] for j in c) for c in _running_min_candidates(forms)),
+        )
 
     @property
     def sm_counts(self) -> tuple[int, ...]:
@@ -105,44 +111,36 @@ class PhaseFit:
         """Prediction at a profiled SM count: the binding (larger) branch."""
         return max(_dot(coefs, features) for coefs in self.branches[sm])
 
-    # The planner asks dozens of questions per step: the two methods below are
-    # written with plain loops, not generators (a fifth off each prediction).
-
-    def _solo(self, index: int, features: tuple[float, ...]) -> float:
-        forms = self._forms[index]
-        value = _dot(forms[0], features)
-        for coefs in forms[1:]:
-            other = _dot(coefs, features)
-            if other > value:
-                value = other
-        return value
+    # The planner asks dozens of questions per step: the running minimum is one
+    # method with plain loops, no calls per form or per candidate (a prediction
+    # costs about half of what it did through per-form helpers and generators).
 
     def _running_min(self, index: int, features: tuple[float, ...]) -> float:
         """The smallest prediction at the counts up to ``index`` (its candidates only)."""
-        candidates = self._candidates[index]
-        value = self._solo(candidates[0], features)
-        for j in candidates[1:]:
-            other = self._solo(j, features)
-            if other < value:
-                value = other
+        value = math.inf
+        for forms in self._candidate_forms[index]:
+            solo = -math.inf  # the binding (larger) branch at this count
+            for coefs in forms:
+                dot = sum(map(operator.mul, coefs, features))
+                if dot > solo:
+                    solo = dot
+            if solo < value:
+                value = solo
         return value
-
-    def _values(self, hi: int, features: tuple[float, ...]) -> tuple[float, float]:
-        """Running-minimum predictions at counts ``hi - 1`` (0.0 for none) and ``hi``."""
-        low = self._running_min(hi - 1, features) if hi > 0 else 0.0
-        return low, self._running_min(hi, features)
 
     def predict(self, sm: float, features: tuple[float, ...]) -> float:
         counts = self._counts
         if sm <= counts[0]:
-            return self._solo(0, features) * counts[0] / sm
+            # The smallest count's running minimum is its own prediction.
+            return self._running_min(0, features) * counts[0] / sm
         if sm >= counts[-1]:
-            return self._values(len(counts) - 1, features)[1]
+            return self._running_min(len(counts) - 1, features)
         hi = bisect.bisect_left(counts, sm)
-        low, high = self._values(hi, features)
+        high = self._running_min(hi, features)
         if counts[hi] == sm:
             return high
         lo = hi - 1
+        low = self._running_min(lo, features)
         weight = (1 / counts[lo] - 1 / sm) / (1 / counts[lo] - 1 / counts[hi])
         return low + weight * (high - low)
 
@@ -303,7 +301,8 @@ class LatencyModel:
         batch_size: int = 1,
     ) -> float:
         """Time of a full prefill (all layers) of ``batch_size`` sequences on ``sm`` SMs."""
-        _check_query(sm, new_tokens=new_tokens, prefix_tokens=prefix_tokens, batch=batch_size)
+        if not (sm > 0 and new_tokens >= 0 and prefix_tokens >= 0 and batch_size >= 0):
+            _check_query(sm, new_tokens=new_tokens, prefix_tokens=prefix_tokens, batch=batch_size)
         features = prefill_features(new_tokens, prefix_tokens, batch_size)
         solo = self.prefill.predict(sm, features)
         return solo * self.guard.factor("prefill", sm, new_tokens) if worst_case else solo
@@ -312,7 +311,8 @@ class LatencyModel:
         self, batch_size: int, kv_tokens: int, sm: float, worst_case: bool = False
     ) -> float:
         """Time of one decode step of ``batch_size`` sequences holding ``kv_tokens`` in all."""
-        _check_query(sm, batch=batch_size, kv_tokens=kv_tokens)
+        if not (sm > 0 and batch_size >= 0 and kv_tokens >= 0):
+            _check_query(sm, batch=batch_size, kv_tokens=kv_tokens)
         solo = self.decode.predict(sm, decode_features(batch_size, kv_tokens))
         return solo * self.guard.factor("decode", sm, batch_size) if worst_case else solo
 
@@ -411,6 +411,7 @@ class LatencyModel:
 
 
 def _check_query(sm: float, **sizes: int) -> None:
+    """Raise naming the first bad argument (called only when one is bad: it is slow)."""
     if not sm > 0:
         raise ValueError(f"sm must be > 0, got {sm}")
     for name, value in sizes.items():

@@ -36,6 +36,7 @@ The planner is pure: the same state gives the same decision.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -44,8 +45,8 @@ from typing import ClassVar, Protocol
 from drift_sgl.policy.base import MuxDecision, MuxState, WaitingRequest
 
 OVERLOAD_MODES = ("serve", "shed")
-#: Prefill predictions remembered before the memo starts over.
-_MEMO_ENTRIES = 4096
+#: Prefill predictions remembered; past this, the older half is forgotten.
+_MEMO_ENTRIES = 16384
 
 
 class LatencyPredictor(Protocol):
@@ -263,11 +264,14 @@ class SloPlanner:
     def _predicted(self, new: int, prefix: int, seqs: int, units: int, worst: bool) -> float:
         # The same questions recur step after step (the gang in flight, the
         # waiting requests at the head of the queue): remember the answers.
-        key = (max(1, new), prefix, max(1, seqs), units, worst)
+        key = (new if new > 1 else 1, prefix, seqs if seqs > 1 else 1, units, worst)
         known = self._memo.get(key)
         if known is None:
             if len(self._memo) >= _MEMO_ENTRIES:
-                self._memo.clear()
+                # Forget the older half (dicts keep insertion order): a full
+                # clear would also drop the queue's head, asked again next step.
+                for old in list(itertools.islice(self._memo, _MEMO_ENTRIES // 2)):
+                    del self._memo[old]
             known = self._memo[key] = self.latency.prefill_ms(
                 key[0], prefix, units, worst_case=worst, batch_size=key[2]
             )
@@ -284,18 +288,22 @@ class SloPlanner:
         passes every late request at the head of the queue, each new to the
         planner as the clock moves on: this spares most of their predictions.
         """
-        floor_ms = self._predicted(
-            _top_bits(request.new_tokens),
+        # The memo's key, built here: on a hit (the usual case) no call is made.
+        key = (
+            _top_bits(request.new_tokens) or 1,
             _top_bits(request.prefix_tokens),
             1,
             step.prefill_units,
             False,
         )
+        floor_ms = self._memo.get(key)
+        if floor_ms is None:
+            floor_ms = self._predicted(*key)
         return state.now_ms + floor_ms > request.deadline_ms
 
     def _gang_ms(self, state: MuxState, step: _Step, new: int, prefix: int, seqs: int) -> float:
         """Predicted time from launching a gang to its completion."""
-        prefill = self._prefill_ms(step, new, prefix, seqs)
+        prefill = self._predicted(new, prefix, seqs, step.prefill_units, step.co_run)
         if not step.takes_turns:
             return prefill
         # Taking turns: every block waits for one decode step.
