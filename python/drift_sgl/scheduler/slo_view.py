@@ -103,9 +103,15 @@ class SloView:
         for req in running:
             params = req.sampling_params
             ratio = 1.0 if getattr(params, "ignore_eos", False) else new_token_ratio
-            max_new = self.output_clip if params.max_new_tokens is None else params.max_new_tokens
-            room += running_kv_room(max_new, len(req.output_ids), ratio, self.output_clip)
+            room += running_kv_room(
+                self._max_new(req), len(req.output_ids), ratio, self.output_clip
+            )
         return math.ceil(room)
+
+    def _max_new(self, req: Any) -> int:
+        """The request's ``max_new_tokens`` (unset: as many as SGLang's clip reserves)."""
+        max_new = req.sampling_params.max_new_tokens
+        return self.output_clip if max_new is None else max_new
 
     def waiting(
         self,
@@ -136,15 +142,13 @@ class SloView:
                 slo.matched_at = prefills_done
             total = len(req.origin_input_ids)
             new = max(1, total - slo.prefix_tokens)
-            max_new = req.sampling_params.max_new_tokens
-            max_new = self.output_clip if max_new is None else max_new
             views.append(
                 WaitingRequest(
                     rid=req.rid,
                     new_tokens=new,
                     prefix_tokens=slo.prefix_tokens,
                     deadline_ms=slo.deadline_ms,
-                    kv_tokens=admission_kv_tokens(new, max_new, self.output_clip),
+                    kv_tokens=admission_kv_tokens(new, self._max_new(req), self.output_clip),
                     group=slo.group,
                 )
             )
