@@ -117,6 +117,33 @@ def test_a_prediction_at_a_profiled_count_is_the_smallest_of_the_counts_up_to_it
                 assert phase.predict(sm, x) == pytest.approx(expected, rel=1e-12)
 
 
+def test_shares_between_counts_interpolate_in_one_over_sm_whatever_the_order_asked():
+    # The model caches per share how it reads the counts, and the guard per
+    # region: answers in a shuffled order must match the definition.
+    samples = make_samples(random.Random(3), noise=0.10, shares=(8, 16, 24, 32, 64, 132))
+    model = fit_latency_model(samples, DEVICE, MODEL, holdout=0.0)
+    rng = random.Random(5)
+    phase, counts = model.decode, model.decode.sm_counts
+    queries = [(sm / 2, rng.randint(1, 256), rng.randint(0, 400_000)) for sm in range(1, 300)]
+    for _ in range(3):
+        rng.shuffle(queries)
+        for sm, batch, kv in queries:
+            x = decode_features(batch, kv)
+            if sm <= counts[0]:
+                expected = phase.predict(counts[0], x) * counts[0] / sm
+            elif sm >= counts[-1]:
+                expected = phase.predict(counts[-1], x)
+            else:
+                hi = next(i for i, c in enumerate(counts) if c >= sm)
+                lo = counts[hi - 1]
+                low, high = phase.predict(lo, x), phase.predict(counts[hi], x)
+                weight = (1 / lo - 1 / sm) / (1 / lo - 1 / counts[hi])
+                expected = high if counts[hi] == sm else low + weight * (high - low)
+            assert phase.predict(sm, x) == pytest.approx(expected, rel=1e-12)
+            fresh = type(model.guard)(model.guard.ratios, model.guard.default, model.guard.expected)
+            assert model.guard.factor("decode", sm, batch) == fresh.factor("decode", sm, batch)
+
+
 def test_predictions_grow_with_work(fitted):
     assert fitted.prefill_ms(2048, 0, 64) > fitted.prefill_ms(1024, 0, 64)
     assert fitted.prefill_ms(1024, 8192, 64) >= fitted.prefill_ms(1024, 0, 64)

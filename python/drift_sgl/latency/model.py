@@ -82,6 +82,8 @@ class PhaseFit:
     _counts: tuple[int, ...] = field(init=False, repr=False, compare=False)
     #: Per SM count, the forms of the counts that can hold its running minimum.
     _candidate_forms: tuple = field(init=False, repr=False, compare=False)
+    #: Per queried SM share, ``_plan``'s answer (a cache).
+    _plans: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.branches:
@@ -127,20 +129,34 @@ class PhaseFit:
         return value
 
     def predict(self, sm: float, features: tuple[float, ...]) -> float:
+        plan = self._plans.get(sm)
+        if plan is None:
+            plan = self._plans[sm] = self._plan(sm)
+        low_index, high_index, weight, times, over = plan
+        low = self._running_min(low_index, features)
+        if high_index is None:
+            return low * times / over
+        high = self._running_min(high_index, features)
+        return low + weight * (high - low)
+
+    def _plan(self, sm: float) -> tuple[int, int | None, float, float, float]:
+        """How a query at ``sm`` reads the counts: (low, high or None, weight, times, over).
+
+        The planner asks at the split table's dozen SM shares over and over, so
+        the bisection and the interpolation weight are worked out once per share.
+        """
         counts = self._counts
         if sm <= counts[0]:
             # The smallest count's running minimum is its own prediction.
-            return self._running_min(0, features) * counts[0] / sm
+            return 0, None, 0.0, counts[0], sm
         if sm >= counts[-1]:
-            return self._running_min(len(counts) - 1, features)
+            return len(counts) - 1, None, 0.0, 1.0, 1.0
         hi = bisect.bisect_left(counts, sm)
-        high = self._running_min(hi, features)
         if counts[hi] == sm:
-            return high
+            return hi, None, 0.0, 1.0, 1.0
         lo = hi - 1
-        low = self._running_min(lo, features)
         weight = (1 / counts[lo] - 1 / sm) / (1 / counts[lo] - 1 / counts[hi])
-        return low + weight * (high - low)
+        return lo, hi, weight, 1.0, 1.0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -232,16 +248,23 @@ class ContentionGuard:
     expected: dict[str, dict[int, dict[int, float]]] = field(default_factory=dict)
     _tables: dict = field(init=False, repr=False, compare=False)
     _expected_tables: dict = field(init=False, repr=False, compare=False)
+    #: ``factor``'s answers per (phase, SM share, size bucket): a cache, as the
+    #: planner asks at the split table's dozen shares on every query.
+    _factors: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        # Sorted keys for bisection (``factor`` runs on every planner query).
+        # Sorted keys for bisection.
         object.__setattr__(self, "_tables", _sorted_tables(self.ratios))
         object.__setattr__(self, "_expected_tables", _sorted_tables(self.expected))
 
     def factor(self, phase: str, sm: float, size: int) -> float:
         """Worst co-run slowdown of ``phase`` on ``sm`` SMs at ``size``."""
-        table = self._tables.get(phase)
-        return self.default if table is None else _lookup(table, sm, size)
+        key = (phase, sm, int(size).bit_length())  # the size's bucket, plus one
+        known = self._factors.get(key)
+        if known is None:
+            table = self._tables.get(phase)
+            known = self._factors[key] = self.default if table is None else _lookup(table, sm, size)
+        return known
 
     def expected_factor(self, phase: str, sm: float, size: int) -> float:
         """Typical co-run slowdown; the worst where no co-run of the phase was observed."""
