@@ -392,21 +392,16 @@ def test_decision_rejects_inconsistent_values():
 # ------------------------------------------------------- the admission's speed
 
 
-class NoLateFloor(SloPlanner):
-    """The planner predicting every request's time (no lower-bound shortcut)."""
-
-    def _certainly_late(self, state, step, request):
-        return False
-
-
 @pytest.mark.parametrize("overload", ["serve", "shed"])
 @pytest.mark.parametrize("concurrent", [True, False])
-def test_the_late_floor_changes_no_decision_on_the_h100_profile(overload, concurrent):
+def test_the_late_floor_changes_no_decision_on_the_h100_profile(overload, concurrent, monkeypatch):
     import random
+
+    from drift_sgl.policy import planner as planner_module
 
     rng = random.Random(7)
     model = LatencyModel.load(H100)
-    fast, exact = SloPlanner(model, overload=overload), NoLateFloor(model, overload=overload)
+    fast, exact = SloPlanner(model, overload=overload), SloPlanner(model, overload=overload)
     table = tuple(SmSplit(132 - d, d) for d in range(0, 133, 12))
     for i in range(60):
         now = 1000.0 * i
@@ -429,7 +424,12 @@ def test_the_late_floor_changes_no_decision_on_the_h100_profile(overload, concur
             decode_tpot_ms=rng.choice((None, 25.0, 50.0)),
             waiting=tuple(queue),
         )
-        assert fast.decide(s) == exact.decide(s)
+        decided = fast.decide(s)
+        # With every size rounded to nothing, the floor is a 1-token prefill:
+        # it shows no request late, so every request's time is predicted.
+        with monkeypatch.context() as patch:
+            patch.setattr(planner_module, "_top_bits", lambda tokens: 0)
+            assert exact.decide(s) == decided
 
 
 def test_the_late_floor_is_below_every_exact_gang_time():
@@ -453,9 +453,12 @@ def test_the_late_floor_is_below_every_exact_gang_time():
         )
         step = planner._step(s)
         exact = planner._gang_ms(s, step, new, prefix, 1)
-        # Late exactly when the deadline is before the exact time: never shown late before.
+        units = step.prefill_units
+        floor = planner._predicted(_top_bits(new) or 1, _top_bits(prefix), 1, units, False)
+        assert floor <= exact
+        # A request due exactly at its exact time can make it: it is not shown late.
         request = waiting("r", new, exact, prefix=prefix)
-        assert not planner._certainly_late(s, step, request)
+        assert planner.decide(replace(s, waiting=(request,))).admit == ("r",)
 
 
 def test_the_split_search_finds_the_first_meeting_index_from_any_hint():

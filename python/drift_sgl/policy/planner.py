@@ -53,7 +53,7 @@ class LatencyPredictor(Protocol):
     """The part of ``drift_sgl.latency.LatencyModel`` the planner uses.
 
     Prefill predictions never fall with more new or prefix tokens, and a
-    worst case is never below the solo time (``SloPlanner._certainly_late``
+    worst case is never below the solo time (the admission's late floor
     relies on both; ``LatencyModel`` holds them by construction).
     """
 
@@ -277,30 +277,6 @@ class SloPlanner:
             )
         return known
 
-    def _certainly_late(self, state: MuxState, step: _Step, request: WaitingRequest) -> bool:
-        """Whether ``request`` alone misses its deadline, shown without predicting its time.
-
-        A lower bound on its gang time: its solo prefill with the new and prefix
-        tokens rounded down to their top three bits. Predictions never fall
-        with more tokens (latency.forms), a co-run only slows (guard factors
-        are >= 1), and taking turns only adds decode time; the rounded sizes
-        recur, so the bound is almost always remembered. The admission walk
-        passes every late request at the head of the queue, each new to the
-        planner as the clock moves on: this spares most of their predictions.
-        """
-        # The memo's key, built here: on a hit (the usual case) no call is made.
-        key = (
-            _top_bits(request.new_tokens) or 1,
-            _top_bits(request.prefix_tokens),
-            1,
-            step.prefill_units,
-            False,
-        )
-        floor_ms = self._memo.get(key)
-        if floor_ms is None:
-            floor_ms = self._predicted(*key)
-        return state.now_ms + floor_ms > request.deadline_ms
-
     def _gang_ms(self, state: MuxState, step: _Step, new: int, prefix: int, seqs: int) -> float:
         """Predicted time from launching a gang to its completion."""
         prefill = self._predicted(new, prefix, seqs, step.prefill_units, step.co_run)
@@ -335,13 +311,35 @@ class SloPlanner:
         new = prefix = kv = 0
         earliest = math.inf
         cold_groups: set[int] = set()
+        known = self._memo.get
+        units = step.prefill_units
         for request in waiting[start:]:
             if len(picked) >= state.prefill_max_requests:
                 break
+            # Late requests at the head of the queue, each new to the planner
+            # as the clock moves on, are shown late without predicting their
+            # time where possible: a lower bound on a request's gang time is
+            # its solo prefill with the new and prefix tokens rounded down to
+            # their top three bits. Predictions never fall with more tokens
+            # (latency.forms), a co-run only slows (guard factors are >= 1) and
+            # taking turns only adds decode time; the rounded sizes recur, so
+            # the bound is almost always remembered (read here, without a call:
+            # this walk is most of an admission step's cost).
+            deadline = request.deadline_ms
+            floor_key = (
+                _top_bits(request.new_tokens) or 1,
+                _top_bits(request.prefix_tokens),
+                1,
+                units,
+                False,
+            )
+            floor_ms = known(floor_key)
+            if floor_ms is None:
+                floor_ms = self._predicted(*floor_key)
             if (
-                self._certainly_late(state, step, request)
+                now + floor_ms > deadline
                 or now + self._gang_ms(state, step, request.new_tokens, request.prefix_tokens, 1)
-                > request.deadline_ms
+                > deadline
             ):
                 late.append(request)
                 continue
