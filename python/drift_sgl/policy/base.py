@@ -115,7 +115,7 @@ class MuxDecision:
             raise ValueError(f"prefill_layers must be >= 0, got {self.prefill_layers}")
         if self.preempt and not self.admit:
             raise ValueError("preempt needs requests to admit")
-        if set(self.admit) & set(self.shed):
+        if self.shed and not set(self.shed).isdisjoint(self.admit):
             raise ValueError("a request cannot be both admitted and shed")
 
 
