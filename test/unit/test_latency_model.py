@@ -144,6 +144,18 @@ def test_shares_between_counts_interpolate_in_one_over_sm_whatever_the_order_ask
             assert model.guard.factor("decode", sm, batch) == fresh.factor("decode", sm, batch)
 
 
+def test_the_per_share_caches_stay_bounded_and_correct(fitted, monkeypatch):
+    from drift_sgl.latency import model as model_module
+
+    monkeypatch.setattr(model_module, "_CACHE_ENTRIES", 8)
+    fresh = LatencyModel.from_json(fitted.to_json())
+    shares = [1 + 0.7 * i for i in range(60)]
+    expected = [fresh.decode_ms(8, 8000, sm, worst_case=True) for sm in shares]
+    for _ in range(2):
+        assert [fresh.decode_ms(8, 8000, sm, worst_case=True) for sm in shares] == expected
+        assert len(fresh.decode._plans) <= 8 and len(fresh.guard._factors) <= 8
+
+
 def test_predictions_grow_with_work(fitted):
     assert fitted.prefill_ms(2048, 0, 64) > fitted.prefill_ms(1024, 0, 64)
     assert fitted.prefill_ms(1024, 8192, 64) >= fitted.prefill_ms(1024, 0, 64)

@@ -33,6 +33,8 @@ from drift_sgl.latency.identity import DeviceIdentity, ModelIdentity
 
 PROFILE_FORMAT = "drift-sgl-latency-profile"
 PROFILE_VERSION = 1
+#: Entries of each per-share cache (the server asks at a dozen shares).
+_CACHE_ENTRIES = 4096
 
 
 class ProfileError(ValueError):
@@ -131,6 +133,8 @@ class PhaseFit:
     def predict(self, sm: float, features: tuple[float, ...]) -> float:
         plan = self._plans.get(sm)
         if plan is None:
+            if len(self._plans) >= _CACHE_ENTRIES:
+                self._plans.clear()  # a caller asking at arbitrary shares: stay bounded
             plan = self._plans[sm] = self._plan(sm)
         low_index, high_index, weight, times, over = plan
         low = self._running_min(low_index, features)
@@ -262,6 +266,8 @@ class ContentionGuard:
         key = (phase, sm, int(size).bit_length())  # the size's bucket, plus one
         known = self._factors.get(key)
         if known is None:
+            if len(self._factors) >= _CACHE_ENTRIES:
+                self._factors.clear()  # a caller asking at arbitrary shares: stay bounded
             table = self._tables.get(phase)
             known = self._factors[key] = self.default if table is None else _lookup(table, sm, size)
         return known
