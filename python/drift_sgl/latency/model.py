@@ -151,7 +151,8 @@ class PhaseFit:
         """
         counts = self._counts
         if sm <= counts[0]:
-            # The smallest count's running minimum is its own prediction.
+            # The smallest count's running minimum is its own prediction, scaled
+            # as x * counts[0] / sm (times and over, not one factor: the same rounding).
             return 0, None, 0.0, counts[0], sm
         if sm >= counts[-1]:
             return len(counts) - 1, None, 0.0, 1.0, 1.0
@@ -263,7 +264,7 @@ class ContentionGuard:
 
     def factor(self, phase: str, sm: float, size: int) -> float:
         """Worst co-run slowdown of ``phase`` on ``sm`` SMs at ``size``."""
-        key = (phase, sm, int(size).bit_length())  # the size's bucket, plus one
+        key = (phase, sm, size_bucket(size))
         known = self._factors.get(key)
         if known is None:
             if len(self._factors) >= _CACHE_ENTRIES:
