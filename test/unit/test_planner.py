@@ -320,6 +320,18 @@ def test_overload_shed_ends_late_requests_and_never_admits_them():
     assert decision.admit == () and set(decision.shed) == {"late", "gone"}
 
 
+def test_late_requests_are_served_and_shed_in_deadline_order():
+    # "gone" is late before the walk starts (past even a 1-token prefill),
+    # "late" is found late by the walk: both lists read them in deadline order.
+    now = 500.0
+    reqs = [waiting("gone", 10, now - 5.0), waiting("late", 1000, now + 1.0)]
+    shedder = SloPlanner(LinearModel(), overload="shed")
+    assert shedder.decide(state(now_ms=now, waiting=reqs)).shed == ("gone", "late")
+    assert planner.decide(state(now_ms=now, waiting=reqs)).admit == ("gone", "late")
+    tight = state(now_ms=now, waiting=reqs, prefill_token_budget=1005)
+    assert planner.decide(tight).admit == ("gone",)
+
+
 def test_unknown_overload_mode_is_refused():
     with pytest.raises(ValueError, match="overload"):
         SloPlanner(LinearModel(), overload="drop")
@@ -430,6 +442,15 @@ def test_the_late_floor_changes_no_decision_on_the_h100_profile(overload, concur
         with monkeypatch.context() as patch:
             patch.setattr(planner_module, "_top_bits", lambda tokens: 0)
             assert exact.decide(s) == decided
+
+
+def test_top_bits_keeps_the_three_highest_bits():
+    from drift_sgl.policy.planner import _top_bits
+
+    for tokens in [*range(0, 4096), 12_345, 65_537, 1 << 40, (1 << 40) + 12_345]:
+        bits = bin(tokens)[2:]
+        expected = int(bits[:3] + "0" * (len(bits) - 3), 2) if len(bits) > 3 else tokens
+        assert _top_bits(tokens) == expected
 
 
 def test_the_late_floor_is_below_every_exact_gang_time():

@@ -30,7 +30,8 @@ FEATURES = {"prefill": PREFILL_FEATURES, "decode": DECODE_FEATURES}
 
 
 def prefill_features(new_tokens: int, prefix_tokens: int, seqs: int) -> tuple[float, ...]:
-    n, p, s = float(new_tokens), float(prefix_tokens), float(max(1, seqs))
+    # Conditionals, not max(): the planner computes this dozens of times a step.
+    n, p, s = float(new_tokens), float(prefix_tokens), float(seqs) if seqs > 1 else 1.0
     return (1.0, n, p, s, n * n / s, n * p / s)
 
 
@@ -40,4 +41,5 @@ def decode_features(batch_size: int, kv_tokens: int) -> tuple[float, ...]:
 
 def size_bucket(size: int) -> int:
     """The guard region of a phase size (new tokens or batch size): floor(log2)."""
-    return max(0, int(size).bit_length() - 1)
+    bucket = int(size).bit_length() - 1
+    return bucket if bucket > 0 else 0

@@ -20,7 +20,7 @@ from typing import Protocol
 from drift_sgl.partition.base import SmSplit
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WaitingRequest:
     """A request in the waiting queue, as the planner sees it."""
 
@@ -38,7 +38,7 @@ class WaitingRequest:
     group: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MuxState:
     """What the policy sees of the scheduler at the start of a step."""
 
@@ -90,7 +90,7 @@ class MuxState:
         return self.prefill_layers_left > 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MuxDecision:
     """What one step runs.
 
