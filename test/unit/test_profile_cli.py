@@ -88,6 +88,8 @@ def test_estimate_is_flagged_and_plausible(tmp_path):
     assert 40.0 < profile.prefill_ms(4096, 0, 132) < 150.0
     # A third of the SMs: slower, never faster.
     assert profile.prefill_ms(4096, 0, 44) > 2 * profile.prefill_ms(4096, 0, 132)
+    # Its weights (8.03B parameters in bf16), which the simulator's KV pool leaves room for.
+    assert 8.0e9 < profile.info["weight_bytes"] / 2 < 8.1e9
 
 
 def test_plot_writes_a_png(tmp_path):

@@ -465,3 +465,17 @@ def test_derived_kv_capacity(latency):
     assert cli.kv_bytes_per_token(latency) == 2 * 32 * 8 * 128 * 2
     expected = (0.85 * 80 * 2**30 - 2 * 12 * 32 * 4096**2 * 1.15) / 131072
     assert tokens == int(expected) and info["source"] == "derived"
+
+
+def test_derived_kv_capacity_uses_the_weight_bytes_a_profile_records(latency):
+    # An estimate records its weights from config.json's shapes; 12 L h^2 misses
+    # a wide MLP (Qwen2.5-32B: 23B for its 33B parameters).
+    from drift_sgl.latency.roofline import ModelShape
+
+    config = json.loads((REPO / "bench" / "models" / "qwen2.5-32b" / "config.json").read_text())
+    weights = ModelShape.from_hf_config(config, "bfloat16").weight_bytes
+    assert 32.5e9 < weights / 2 < 33.0e9
+    recorded = dataclasses.replace(latency, info={**latency.info, "weight_bytes": weights})
+    tokens, info = cli.derive_kv_capacity(recorded)
+    assert tokens == int((0.85 * 80 * 2**30 - weights) // cli.kv_bytes_per_token(latency))
+    assert info["weight_bytes"] == weights and "info.weight_bytes" in info["weight_bytes_from"]

@@ -342,7 +342,8 @@ def estimate_profile(
     ``UNMEASURED_GUARD`` or the typical slowdown where that is higher
     (``fit.fit_guard``): modelled co-runs are no measurement of a worst case.
     """
-    roofline = Roofline(ModelShape.from_hf_config(config, model.dtype), spec, physics)
+    shape = ModelShape.from_hf_config(config, model.dtype)
+    roofline = Roofline(shape, spec, physics)
     # Every 8th share is enough: between them predictions interpolate in 1/SM,
     # which is exact for the compute-bound part of a roofline.
     shares = share_grid(spec.sms, max(spec.granularity, 8))
@@ -353,6 +354,8 @@ def estimate_profile(
         "bandwidth_gbs": spec.bandwidth_gbs,
         "assumptions": {**asdict(physics), "contention_guard": UNMEASURED_GUARD},
         "note": "errors are of the fitted form against the roofline, not against measurements",
+        # What the simulator's KV pool leaves for the weights (sim.cli.derive_kv_capacity).
+        "weight_bytes": shape.weight_bytes,
     }
     return fit_latency_model(
         samples,

@@ -100,7 +100,13 @@ def _dtype(name: str) -> int:
 
 
 def derive_kv_capacity(latency: LatencyModel) -> tuple[int, dict[str, Any]]:
-    """KV tokens a GPU holds: (0.85 * memory - weight bytes) / KV bytes per token."""
+    """KV tokens a GPU holds: (0.85 * memory - weight bytes) / KV bytes per token.
+
+    The weight bytes are the profile's own where it records them (``profile
+    estimate`` does, from config.json's shapes); otherwise 12 L h^2 * 1.15
+    parameters, which misses a wide MLP or a large vocabulary (Qwen2.5-32B:
+    23.2B for 32.8B; CodeLlama-34B: 44.5B for 33.7B; Llama-3.1-8B: 7.4B for 8.0B).
+    """
     name = latency.device.name.upper()
     gib = next((g for tag, g in GPU_MEMORY_GIB if tag in name), None)
     if gib == 80 and "A100" in name and "40GB" in name:
@@ -111,8 +117,13 @@ def derive_kv_capacity(latency: LatencyModel) -> tuple[int, dict[str, Any]]:
             "give --kv-capacity-tokens"
         )
     m = latency.model
-    params = 12 * m.num_layers * m.hidden_size**2 * PARAMS_FACTOR
-    weights = params * _dtype(m.dtype)
+    recorded = latency.info.get("weight_bytes")
+    if recorded:
+        weights = int(recorded)
+        weights_from = "the profile's info.weight_bytes (config.json's shapes)"
+    else:
+        weights = 12 * m.num_layers * m.hidden_size**2 * PARAMS_FACTOR * _dtype(m.dtype)
+        weights_from = f"12 * layers * hidden^2 * {PARAMS_FACTOR} params (the profile has no sizes)"
     memory = gib * 2**30
     tokens = int((MEMORY_FRACTION * memory - weights) // kv_bytes_per_token(latency))
     if tokens < 1:
@@ -123,7 +134,7 @@ def derive_kv_capacity(latency: LatencyModel) -> tuple[int, dict[str, Any]]:
         "gpu_memory_bytes": memory,
         "gpu_memory_note": f"{gib} GiB for a device named like {latency.device.name!r}",
         "weight_bytes": int(weights),
-        "params_formula": f"12 * layers * hidden^2 * {PARAMS_FACTOR} (no vocab size in profile)",
+        "weight_bytes_from": weights_from,
     }
 
 
