@@ -145,45 +145,69 @@ def sources() -> list[Path]:
     return sorted(CSRC.glob("*.cu"))
 
 
-def check(nvcc: Path, archs: list[int], flags: list[str]) -> int:
-    """Compile every source to an object file (in a temporary directory, in parallel)."""
-    with tempfile.TemporaryDirectory(prefix="drift-ext-check-") as tmp:
-        cflags = [*flags, *gencode_flags(archs, ptx=False)]
+def compile_objects(
+    nvcc: Path, cflags: list[str], objdir: Path
+) -> list[tuple[Path, subprocess.CompletedProcess[str]]]:
+    """Compile every source to ``objdir/<stem>.o``, the sources in parallel."""
 
-        def compile_one(src: Path) -> subprocess.CompletedProcess[str]:
-            obj = Path(tmp) / f"{src.stem}.o"
-            return _run([str(nvcc), *cflags, "-c", str(src), "-o", str(obj)])
+    def compile_one(src: Path) -> subprocess.CompletedProcess[str]:
+        return _run([str(nvcc), *cflags, "-c", str(src), "-o", str(objdir / f"{src.stem}.o")])
 
-        with ThreadPoolExecutor() as pool:
-            results = list(pool.map(compile_one, sources()))
+    with ThreadPoolExecutor() as pool:
+        return list(zip(sources(), pool.map(compile_one, sources()), strict=True))
+
+
+def report_failures(results: list[tuple[Path, subprocess.CompletedProcess[str]]]) -> int:
+    """Print each source's compiler output; 1 if any failed."""
     failed = 0
-    for src, proc in zip(sources(), results, strict=True):
+    for src, proc in results:
         output = (proc.stdout + proc.stderr).strip()
         if proc.returncode != 0:
             print(f"sgl-kernel-ext: compiling {src.name} failed:\n{output}")
             failed = 1
-        else:
-            print(f"sgl-kernel-ext: {src.name}: ok" + (f"\n{output}" if output else ""))
+        elif output:
+            print(f"sgl-kernel-ext: {src.name}:\n{output}")
     return failed
 
 
+def check(nvcc: Path, archs: list[int], flags: list[str]) -> int:
+    """Compile every source to an object file (in a temporary directory), keep nothing."""
+    with tempfile.TemporaryDirectory(prefix="drift-ext-check-") as tmp:
+        results = compile_objects(nvcc, [*flags, *gencode_flags(archs, ptx=False)], Path(tmp))
+    for src, proc in results:
+        if proc.returncode == 0:
+            print(f"sgl-kernel-ext: {src.name}: ok")
+    return report_failures(results)
+
+
 def build(nvcc: Path, archs: list[int], flags: list[str], out: Path) -> int:
-    """Compile and link the shared library (written atomically to ``out``)."""
+    """Compile the sources, then link the shared library (written atomically to ``out``).
+
+    Two steps because nvcc's device link runs one nvlink per architecture and, under
+    ``--threads``, runs them at once on one shared registration file: one of them
+    now and then fails with "Could not read file ..._dlink.reg.c". The compile step
+    keeps ``--threads`` (it has no device link); the link step runs without it.
+    """
+    gencode = gencode_flags(archs, ptx=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    cmd = [
-        str(nvcc), *flags, *gencode_flags(archs, ptx=True),
-        "-shared", "-cudart", "static",
-        # Keep the static runtime's symbols private (torch has its own libcudart),
-        # and fail at link time on anything unresolved.
-        "-Xlinker", "--exclude-libs,ALL", "-Xlinker", "--no-undefined",
-        "-Xlinker", f"-soname,{LIB_NAME}",
-        *map(str, sources()), "-ldl", "-o", str(tmp),
-    ]  # fmt: skip
-    proc = _run(cmd)
+    with tempfile.TemporaryDirectory(prefix="drift-ext-build-") as objdir:
+        results = compile_objects(nvcc, [*flags, *gencode], Path(objdir))
+        if report_failures(results):
+            return 1
+        cmd = [
+            str(nvcc), *gencode,
+            "-shared", "-cudart", "static",
+            # Keep the static runtime's symbols private (torch has its own libcudart),
+            # and fail at link time on anything unresolved.
+            "-Xlinker", "--exclude-libs,ALL", "-Xlinker", "--no-undefined",
+            "-Xlinker", f"-soname,{LIB_NAME}",
+            *(str(Path(objdir) / f"{src.stem}.o") for src in sources()), "-ldl", "-o", str(tmp),
+        ]  # fmt: skip
+        proc = _run(cmd)
     if proc.returncode != 0:
         tmp.unlink(missing_ok=True)
-        print(f"sgl-kernel-ext: build failed:\n{' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
+        print(f"sgl-kernel-ext: link failed:\n{' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
         return 1
     # A rename, not an overwrite: a running process may have the old one mapped.
     tmp.replace(out)

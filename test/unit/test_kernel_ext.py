@@ -97,6 +97,29 @@ def test_build_skips_cleanly_without_nvcc(tmp_path):
     assert len(proc.stdout.splitlines()) == 1
 
 
+def test_device_link_runs_one_architecture_at_a_time(nvcc, tmp_path):
+    # nvcc's device link runs one nvlink per architecture; under --threads they run at
+    # once on one shared registration file and now and then fail ("Could not read file
+    # ..._dlink.reg.c"). So only the compile steps may use --threads, never the link.
+    log = tmp_path / "nvcc.log"
+    wrapper = tmp_path / "nvcc"
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> {log}\nexec {nvcc} "$@"\n')
+    wrapper.chmod(0o755)
+    out = tmp_path / "lib" / "libdrift_sgl_ext.so"
+    proc = run_build("--nvcc", str(wrapper), "--arch", "80,90", "--out", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert out.is_file()
+    steps = [line.split() for line in log.read_text().splitlines() if " -o " in line]
+    compiles = [argv for argv in steps if "-c" in argv and "-shared" not in argv]
+    links = [argv for argv in steps if "-shared" in argv]
+    sources = sorted((REPO / "sgl-kernel-ext" / "csrc").glob("*.cu"))
+    assert sorted(argv[argv.index("-c") + 1] for argv in compiles if "-x" not in argv) == [
+        str(src) for src in sources
+    ]
+    assert len(links) == 1 and "--threads" not in links[0]
+    assert not any(arg.endswith(".cu") for arg in links[0])
+
+
 def test_parse_archs():
     assert build_py.parse_archs("90, sm_80,compute_100,90") == [80, 90, 100]
     with pytest.raises(Exception, match="bad architecture"):
