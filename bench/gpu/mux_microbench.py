@@ -610,8 +610,10 @@ def write_samples(result: dict[str, Any], opts: Options) -> None:
     rows = profile_samples(result, device, model.to_json())
     path = opts.out / "samples.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    # --model-path: the profile then records the weight bytes the simulator's KV pool needs.
+    model_path = "" if opts.smoke else f" --model-path {opts.model_config.parent}"
     progress("samples", f"{len(rows)} samples -> {path}; a profile: PYTHONPATH=python python -m "
-             f"drift_sgl.profile fit --samples {path} --out profile.json")  # fmt: skip
+             f"drift_sgl.profile fit --samples {path}{model_path} --out profile.json")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from drift_sgl.latency import LatencyModel, read_samples
+from drift_sgl.latency.identity import read_hf_config
+from drift_sgl.latency.roofline import weight_info
 from drift_sgl.tools.server_process import python_module_command
 from e2e.client import get
 from e2e.profiling import CPU_MAX_MEAN_ERROR, CPU_MAX_P95_ERROR, INTERRUPT_AFTER_SAMPLES
@@ -38,10 +40,13 @@ def test_the_run_covers_both_phases_all_shares_and_co_runs(tiny_profile):
     assert all(s.extra["cost_s"] > 0 for s in samples)
 
 
-def test_the_profile_is_measured_fitted_and_bounded(tiny_profile):
+def test_the_profile_is_measured_fitted_and_bounded(tiny_profile, tiny_model_dir):
     profile = LatencyModel.load(tiny_profile.path)
     assert profile.estimated is False and profile.source == "measured"
     assert profile.model.num_layers == 6 and profile.model.hidden_size == 64
+    # The served model's weights, which the simulator's KV pool leaves room for.
+    expected = weight_info(read_hf_config(tiny_model_dir), profile.model.dtype)
+    assert profile.info["weight_bytes"] == expected["weight_bytes"] > 0
     assert profile.device.kind == "cpu"
     for phase in ("prefill", "decode"):
         assert profile.errors[phase]["p95_ape"] <= CPU_MAX_P95_ERROR

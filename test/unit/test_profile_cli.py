@@ -73,7 +73,24 @@ def test_fit_takes_the_identity_from_flags_when_samples_lack_it(tmp_path, capsys
     assert "pass --device-name" in capsys.readouterr().err
     identity = ["--device-name", "Test GPU", "--model-path", str(LLAMA_8B)]
     main(["fit", "--samples", str(samples), "--out", str(out), *identity])
-    assert LatencyModel.load(out).model == ModelIdentity.from_hf_config(read_hf_config(LLAMA_8B))
+    profile = LatencyModel.load(out)
+    assert profile.model == ModelIdentity.from_hf_config(read_hf_config(LLAMA_8B))
+    # The model's config also gives the weight bytes the simulator's KV pool needs:
+    # those of the estimate from the same config.
+    estimate = tmp_path / "estimate.json"
+    main(["estimate", "--model-path", str(LLAMA_8B), "--gpu", "h100", "--out", str(estimate)])
+    assert profile.info["weight_bytes"] == LatencyModel.load(estimate).info["weight_bytes"]
+
+
+def test_fit_without_a_model_path_says_the_pool_lacks_weight_bytes(tmp_path, capsys):
+    samples = tmp_path / "s.jsonl"
+    write_samples(samples, make_samples(random.Random(5)), **identity_extras())
+    out = tmp_path / "p.json"
+    main(["fit", "--samples", str(samples), "--out", str(out)])
+    assert "note: without --model-path the profile records no weight bytes" in (
+        capsys.readouterr().out
+    )
+    assert "weight_bytes" not in LatencyModel.load(out).info
 
 
 def test_estimate_is_flagged_and_plausible(tmp_path):
@@ -304,6 +321,11 @@ def test_bad_files_give_one_line_errors(tmp_path, capsys):
         ["plot", "--profile", str(binary), "--samples", str(binary), "--out", "x.png"],
         ["fit", "--samples", str(binary), "--out", str(tmp_path / "p.json")],
     ]
+    samples = tmp_path / "s.jsonl"
+    write_samples(samples, make_samples(random.Random(5))[:3], **identity_extras())
+    cases.append(
+        ["fit", "--samples", str(samples), "--model-path", str(tmp_path), "--out", "p.json"]
+    )
     for argv in cases:
         with pytest.raises(SystemExit) as info:
             main(argv)

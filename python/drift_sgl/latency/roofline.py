@@ -181,6 +181,12 @@ class ModelShape:
         return (self.layers * per_layer + 2 * self.hidden * self.vocab) * self.dtype_bytes
 
 
+def weight_info(config: dict[str, Any], dtype: str) -> dict[str, int]:
+    """A profile's ``info`` entry for the model's stored weights, from config.json's
+    shapes: what the simulator's KV pool leaves for them (``sim.cli.derive_kv_capacity``)."""
+    return {"weight_bytes": ModelShape.from_hf_config(config, dtype).weight_bytes}
+
+
 @dataclass(frozen=True)
 class Work:
     """What one forward asks of the GPU: FLOPs and bytes moved."""
@@ -354,8 +360,7 @@ def estimate_profile(
         "bandwidth_gbs": spec.bandwidth_gbs,
         "assumptions": {**asdict(physics), "contention_guard": UNMEASURED_GUARD},
         "note": "errors are of the fitted form against the roofline, not against measurements",
-        # What the simulator's KV pool leaves for the weights (sim.cli.derive_kv_capacity).
-        "weight_bytes": shape.weight_bytes,
+        **weight_info(config, model.dtype),
     }
     return fit_latency_model(
         samples,
