@@ -88,6 +88,7 @@ def one(task: dict[str, Any]) -> dict[str, Any]:
         gpus=gpus,
         chunk_size=task.get("chunk_size"),
         mux_loop=task["mux_loop"],
+        kv_capacity_tokens=task.get("kv_capacity_tokens"),
     )
     window = trace_window_s(turns)
     tag = f"{task['trace']}/{policy}"
@@ -221,12 +222,28 @@ def main(argv: list[str] | None = None) -> int:
         default=list(CHUNK_SIZES),
         help="chunked prefill is searched at each, reported at the best (default 256..8192)",
     )
+    p.add_argument(
+        "--kv-capacity-tokens",
+        type=int,
+        help="KV pool per GPU in tokens (default: derived from the GPU's memory and the "
+        "model's weights, as python -m drift_sgl.sim does)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     p.add_argument("--plot", type=Path, metavar="DIR", help="write PNGs here")
     args = p.parse_args(argv)
     if "drift" not in args.policies or len(args.policies) < 2:
         p.error("--policies needs drift and at least one baseline")
+    if args.kv_capacity_tokens is not None and args.kv_capacity_tokens < 1:
+        p.error(f"--kv-capacity-tokens must be >= 1, got {args.kv_capacity_tokens}")
+    latency = LatencyModel.load(args.profile)
+    capacity = args.kv_capacity_tokens
+    if capacity is None:
+        # Here, so that a GPU of unknown memory size is one line, not a worker's traceback.
+        try:
+            capacity = cli.derive_kv_capacity(latency)[0]
+        except cli.UsageError as err:
+            p.error(str(err))
 
     slo = {
         "conversation": (args.conversation_ttft_ms, args.conversation_tpot_ms),
@@ -246,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             "mux_loop": args.mux_loop,
             "seed": args.seed,
             "chunk_size": chunk,
+            "kv_capacity_tokens": args.kv_capacity_tokens,
         }
         for trace in args.traces
         for policy in args.policies
@@ -254,13 +272,14 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         done = list(pool.map(one, tasks))
-    latency = LatencyModel.load(args.profile)
     report: dict[str, Any] = {
         "profile": str(args.profile),
         "profile_description": latency.describe(),
         "attainment_bound": args.attainment,
         "mux_loop": args.mux_loop,
         "seed": args.seed,
+        "kv_capacity_tokens_per_gpu": capacity,
+        "kv_capacity_from": "--kv-capacity-tokens" if args.kv_capacity_tokens else "derived",
         "traces": {},
     }
     for trace in args.traces:
