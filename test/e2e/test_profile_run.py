@@ -11,7 +11,7 @@ import pytest
 
 from drift_sgl.latency import LatencyModel, read_samples
 from drift_sgl.latency.identity import read_hf_config
-from drift_sgl.latency.roofline import weight_info
+from drift_sgl.latency.roofline import memory_info
 from drift_sgl.tools.server_process import python_module_command
 from e2e.client import get
 from e2e.profiling import CPU_MAX_MEAN_ERROR, CPU_MAX_P95_ERROR, INTERRUPT_AFTER_SAMPLES
@@ -44,9 +44,10 @@ def test_the_profile_is_measured_fitted_and_bounded(tiny_profile, tiny_model_dir
     profile = LatencyModel.load(tiny_profile.path)
     assert profile.estimated is False and profile.source == "measured"
     assert profile.model.num_layers == 6 and profile.model.hidden_size == 64
-    # The served model's weights, which the simulator's KV pool leaves room for.
-    expected = weight_info(read_hf_config(tiny_model_dir), profile.model.dtype)
-    assert profile.info["weight_bytes"] == expected["weight_bytes"] > 0
+    # The served model's weights and KV bytes per token, which size the simulator's KV pool.
+    expected = memory_info(read_hf_config(tiny_model_dir), profile.model.dtype)
+    assert {key: profile.info.get(key) for key in expected} == expected
+    assert expected["weight_bytes"] > 0 and expected["kv_bytes_per_token"] > 0
     assert profile.device.kind == "cpu"
     for phase in ("prefill", "decode"):
         assert profile.errors[phase]["p95_ape"] <= CPU_MAX_P95_ERROR

@@ -479,3 +479,21 @@ def test_derived_kv_capacity_uses_the_weight_bytes_a_profile_records(latency):
     tokens, info = cli.derive_kv_capacity(recorded)
     assert tokens == int((0.85 * 80 * 2**30 - weights) // cli.kv_bytes_per_token(latency))
     assert info["weight_bytes"] == weights and "info.weight_bytes" in info["weight_bytes_from"]
+
+
+def test_kv_bytes_per_token_use_the_head_size_a_profile_records(latency):
+    # Qwen3-32B's shapes: 64 heads of 128, not hidden / heads = 80.
+    from drift_sgl.latency.roofline import memory_info
+
+    config = {
+        "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "num_hidden_layers": 64,
+        "hidden_size": 5120, "num_attention_heads": 64, "num_key_value_heads": 8,
+        "head_dim": 128, "intermediate_size": 25600, "vocab_size": 151936,
+    }  # fmt: skip
+    memory = memory_info(config, "bfloat16")
+    assert memory["kv_bytes_per_token"] == 2 * 64 * 8 * 128 * 2
+    recorded = dataclasses.replace(latency, info={**latency.info, **memory})
+    assert cli.kv_bytes_per_token(recorded) == 2 * 64 * 8 * 128 * 2
+    config_, notes = cli.make_config("drift", recorded, 1000.0, 50.0, kv_capacity_tokens=1000)
+    assert config_.kv_bytes_per_token == 2 * 64 * 8 * 128 * 2
+    assert "info.kv_bytes_per_token" in notes["kv_bytes_formula"]

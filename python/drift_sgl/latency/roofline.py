@@ -181,10 +181,12 @@ class ModelShape:
         return (self.layers * per_layer + 2 * self.hidden * self.vocab) * self.dtype_bytes
 
 
-def weight_info(config: dict[str, Any], dtype: str) -> dict[str, int]:
-    """A profile's ``info`` entry for the model's stored weights, from config.json's
-    shapes: what the simulator's KV pool leaves for them (``sim.cli.derive_kv_capacity``)."""
-    return {"weight_bytes": ModelShape.from_hf_config(config, dtype).weight_bytes}
+def memory_info(config: dict[str, Any], dtype: str) -> dict[str, int]:
+    """A profile's ``info`` entries for the model's memory, from config.json's shapes:
+    its stored weights and KV bytes per token, which size the simulator's KV pool
+    (``sim.cli.derive_kv_capacity``; the profile's identity has no head size)."""
+    shape = ModelShape.from_hf_config(config, dtype)
+    return {"weight_bytes": shape.weight_bytes, "kv_bytes_per_token": shape.kv_bytes_per_token}
 
 
 @dataclass(frozen=True)
@@ -360,7 +362,7 @@ def estimate_profile(
         "bandwidth_gbs": spec.bandwidth_gbs,
         "assumptions": {**asdict(physics), "contention_guard": UNMEASURED_GUARD},
         "note": "errors are of the fitted form against the roofline, not against measurements",
-        **weight_info(config, model.dtype),
+        **memory_info(config, model.dtype),
     }
     return fit_latency_model(
         samples,

@@ -18,7 +18,7 @@ from typing import Any
 from drift_sgl.latency.fit import FitError, fit_latency_model
 from drift_sgl.latency.identity import DeviceIdentity, ModelIdentity, read_hf_config
 from drift_sgl.latency.model import LatencyModel, ProfileError
-from drift_sgl.latency.roofline import GPU_SPECS, estimate_profile, weight_info
+from drift_sgl.latency.roofline import GPU_SPECS, estimate_profile, memory_info
 from drift_sgl.latency.samples import Sample, SampleError, read_samples
 
 logger = logging.getLogger("drift_sgl.profile")
@@ -84,26 +84,26 @@ def fit_and_write(
 def _identity_from_samples(
     samples: list[Sample], args: argparse.Namespace
 ) -> tuple[DeviceIdentity, ModelIdentity, dict[str, Any]]:
-    """Device, model and the profile's weight info (empty without --model-path)."""
+    """Device, model and the profile's memory info (empty without --model-path)."""
     names = {s.extra.get("device") for s in samples} - {None}
     models = [s.extra["model"] for s in samples if isinstance(s.extra.get("model"), dict)]
     name = args.device_name or (names.pop() if len(names) == 1 else None)
     if name is None:
         raise CliError("the samples do not name one device; pass --device-name")
-    weights: dict[str, Any] = {}
+    memory: dict[str, Any] = {}
     if args.model_path:
         try:
             config = read_hf_config(args.model_path)
         except FileNotFoundError as err:
             raise CliError(str(err)) from None
         model = ModelIdentity.from_hf_config(config, args.dtype)
-        weights = weight_info(config, model.dtype)
+        memory = memory_info(config, model.dtype)
     elif models and all(m == models[0] for m in models):
         model = ModelIdentity.from_json(models[0])
     else:
         raise CliError("the samples do not name one model; pass --model-path")
     kind = "cpu" if name.startswith("cpu") else "cuda"
-    return DeviceIdentity(kind, name, samples[0].total_sm), model, weights
+    return DeviceIdentity(kind, name, samples[0].total_sm), model, memory
 
 
 def cmd_fit(args: argparse.Namespace) -> None:
@@ -113,13 +113,13 @@ def cmd_fit(args: argparse.Namespace) -> None:
         raise CliError(str(err)) from None
     if not samples:
         raise CliError(f"{args.samples} holds no samples")
-    device, model, weights = _identity_from_samples(samples, args)
-    if not weights:
+    device, model, memory = _identity_from_samples(samples, args)
+    if not memory:
         print(
             "note: without --model-path the profile records no weight bytes; the simulator's "
             "KV pool then estimates them from layers and hidden size (off for wide MLPs)"
         )
-    fit_and_write(samples, device, model, args, {"samples_file": str(args.samples), **weights})
+    fit_and_write(samples, device, model, args, {"samples_file": str(args.samples), **memory})
 
 
 # ---------------------------------------------------------------- estimate

@@ -76,7 +76,7 @@ def run_and_fit(args: argparse.Namespace, sglang_argv: list[str]) -> None:
     server_args, device_kind = _server_args(sglang_argv)
 
     from drift_sgl.latency.identity import DeviceIdentity, cpu_device, device_name
-    from drift_sgl.latency.roofline import weight_info
+    from drift_sgl.latency.roofline import memory_info
     from drift_sgl.latency.samples import SampleError
     from drift_sgl.latency.select import model_identity
     from drift_sgl.profile.corun import CoRunnerError
@@ -146,6 +146,6 @@ def run_and_fit(args: argparse.Namespace, sglang_argv: list[str]) -> None:
         "samples_file": str(samples_path),
         "budget_min": budget_min,
         "wall_s": round(time.monotonic() - started, 1),
-        **weight_info(harness.model_config.hf_config.to_dict(), model.dtype),
+        **memory_info(harness.model_config.hf_config.to_dict(), model.dtype),
     }
     fit_and_write(samples, device, model, args, info)

@@ -88,7 +88,13 @@ class UsageError(Exception):
 
 
 def kv_bytes_per_token(latency: LatencyModel) -> int:
-    """2 (K and V) * layers * KV heads * head dim * dtype bytes."""
+    """2 (K and V) * layers * KV heads * head dim * dtype bytes: the profile's own
+    where it records them (config.json's head size), else with hidden / heads as
+    the head size (the profile's identity has none; wrong where config.json sets
+    ``head_dim`` apart, as Qwen3 and Gemma do)."""
+    recorded = latency.info.get("kv_bytes_per_token")
+    if recorded:
+        return int(recorded)
     m = latency.model
     return 2 * m.num_layers * m.num_kv_heads * (m.hidden_size // m.num_heads) * _dtype(m.dtype)
 
@@ -152,7 +158,9 @@ def assumptions(config: SimConfig, latency: LatencyModel, capacity: dict[str, An
         "time": "every step's duration is the latency model's prediction (ms); no noise, "
         "no CPU scheduling overhead beyond what the profile's times include",
         "kv_bytes_per_token": config.kv_bytes_per_token,
-        "kv_bytes_formula": "2 * layers * kv_heads * (hidden / heads) * dtype_bytes",
+        "kv_bytes_formula": "the profile's info.kv_bytes_per_token (config.json's shapes)"
+        if latency.info.get("kv_bytes_per_token")
+        else "2 * layers * kv_heads * (hidden / heads) * dtype_bytes",
         "kv_capacity": capacity,
         "kv_admission": "a request reserves KV for its uncached prompt and all its output "
         "tokens at admission (no retraction); FCFS policies stop at the first request that "
