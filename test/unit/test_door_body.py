@@ -95,3 +95,32 @@ def test_the_checked_routes_use_sglangs_request_models():
     models = openai_request_models()
     assert models["/v1/chat/completions"].__name__ == "ChatCompletionRequest"
     assert models["/v1/completions"].__name__ == "CompletionRequest"
+
+
+def test_a_checked_route_with_an_slo_field_parses_the_body_once(monkeypatch):
+    import drift_sgl.door.body as door_body
+
+    parses = []
+
+    class CountingJson:
+        JSONDecodeError = orjson.JSONDecodeError
+        dumps = staticmethod(orjson.dumps)
+
+        @staticmethod
+        def loads(raw):
+            parses.append(raw)
+            return orjson.loads(raw)
+
+    monkeypatch.setattr(door_body, "orjson", CountingJson)
+    seen = {}
+
+    async def app(scope, receive, send):
+        seen.update((k.decode(), v.decode()) for k, v in scope["headers"])
+        await _echo_app(scope, receive, send)
+
+    middleware = BodyCheckMiddleware(app, 1000, {"/v1/chat/completions": Fragile})
+    body = orjson.dumps({"fmt": {"type": "text"}, "slo": {"ttft_ms": 500}})
+    assert _call(middleware, body) == (200, body)
+    assert seen["x-slo-ttft-ms"] == "500.0" and len(parses) == 1
+    # Both checks still act on the one parse: a validator crash is a 400.
+    assert _call(middleware, orjson.dumps({"fmt": 1, "slo": {"ttft_ms": 500}}))[0] == 400

@@ -84,15 +84,19 @@ class BodyCheckMiddleware:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        model = self.models.get(scope.get("path", ""))
-        if model is not None:
-            problem = _validator_crash(model, body)
+        path = scope.get("path", "")
+        model = self.models.get(path)
+        with_slo = path in SLO_ROUTES and b'"%s"' % BODY_FIELD.encode() in body
+        # Malformed JSON (None here) is left to SGLang's handler and its own 400.
+        parsed = _parse(body) if model is not None or with_slo else None
+        if model is not None and parsed is not None:
+            problem = _validator_crash(model, parsed)
             if problem is not None:
                 await _error(send, 400, problem)
                 return
-        if scope.get("path") in SLO_ROUTES and b'"%s"' % BODY_FIELD.encode() in body:
+        if with_slo and parsed is not None:
             try:
-                scope = _with_slo_headers(scope, body)
+                scope = _with_slo_headers(scope, parsed)
             except RequestRejected as err:
                 await _error(send, 400, str(err))
                 return
@@ -105,14 +109,18 @@ class BodyCheckMiddleware:
         )
 
 
-def _validator_crash(model: type, body: bytes) -> str | None:
-    """The message of a crash in ``model``'s validators on ``body``, else None."""
+def _parse(body: bytes) -> Any:
+    """The body's JSON, parsed once for both checks; None if it is not JSON."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _validator_crash(model: type, parsed: Any) -> str | None:
+    """The message of a crash in ``model``'s validators on the parsed body, else None."""
     from pydantic import ValidationError
 
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None  # SGLang's handler answers malformed JSON with its own 400
     try:
         model.model_validate(parsed)
     except ValidationError:
@@ -122,12 +130,8 @@ def _validator_crash(model: type, body: bytes) -> str | None:
     return None
 
 
-def _with_slo_headers(scope: Scope, body: bytes) -> Scope:
-    """``scope`` with the headers the body's SLO field stands for, where absent."""
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return scope  # SGLang's handler answers malformed JSON with its own 400
+def _with_slo_headers(scope: Scope, parsed: Any) -> Scope:
+    """``scope`` with the headers the parsed body's SLO field stands for, where absent."""
     if not isinstance(parsed, dict) or parsed.get(BODY_FIELD) is None:
         return scope
     wanted = headers_from_body_field(parsed[BODY_FIELD])
