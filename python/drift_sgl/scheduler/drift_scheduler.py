@@ -398,13 +398,18 @@ class DriftScheduler(Scheduler):
         except Exception:
             if not policy.chooses_requests:
                 raise
-            self._mux_counters.planner_errors += 1
-            if self._mux_counters.planner_errors == 1:
-                logger.exception("drift: the planner failed; this step uses the layer-budget rule")
+            self._planner_failed("this step uses the layer-budget rule")
             return self._layer_budget_decision(), True
         if self._decision_log is not None:
             self._decision_log.record("decide", state, decision)
         return decision, False
+
+    def _planner_failed(self, outcome: str) -> None:
+        """Count a planner error; log the first one with its traceback (a failing
+        planner fails every step: one traceback says it, the counter counts it)."""
+        self._mux_counters.planner_errors += 1
+        if self._mux_counters.planner_errors == 1:
+            logger.exception("drift: the planner failed; %s", outcome)
 
     def _layer_budget_decision(self) -> MuxDecision:
         return LayerBudgetRule().decide(MuxState(**self._base_state(self._decoding())))
@@ -425,9 +430,7 @@ class DriftScheduler(Scheduler):
             decision = policy.replan(decision, formed)
             self._planner_s += time.perf_counter() - started
         except Exception:
-            self._mux_counters.planner_errors += 1
-            if self._mux_counters.planner_errors == 1:
-                logger.exception("drift: the planner failed to re-plan; the first plan stands")
+            self._planner_failed("re-planning kept the first plan")
             return decision
         if self._decision_log is not None:
             self._decision_log.record("replan", formed, decision)
