@@ -145,13 +145,18 @@ def sources() -> list[Path]:
     return sorted(CSRC.glob("*.cu"))
 
 
+def object_file(objdir: Path, src: Path) -> Path:
+    """Where ``compile_objects`` puts ``src``'s object, and where the link reads it."""
+    return objdir / f"{src.stem}.o"
+
+
 def compile_objects(
     nvcc: Path, cflags: list[str], objdir: Path
 ) -> list[tuple[Path, subprocess.CompletedProcess[str]]]:
-    """Compile every source to ``objdir/<stem>.o``, the sources in parallel."""
+    """Compile every source to its ``object_file`` in ``objdir``, the sources in parallel."""
 
     def compile_one(src: Path) -> subprocess.CompletedProcess[str]:
-        return _run([str(nvcc), *cflags, "-c", str(src), "-o", str(objdir / f"{src.stem}.o")])
+        return _run([str(nvcc), *cflags, "-c", str(src), "-o", str(object_file(objdir, src))])
 
     with ThreadPoolExecutor() as pool:
         return list(zip(sources(), pool.map(compile_one, sources()), strict=True))
@@ -202,7 +207,7 @@ def build(nvcc: Path, archs: list[int], flags: list[str], out: Path) -> int:
             # and fail at link time on anything unresolved.
             "-Xlinker", "--exclude-libs,ALL", "-Xlinker", "--no-undefined",
             "-Xlinker", f"-soname,{LIB_NAME}",
-            *(str(Path(objdir) / f"{src.stem}.o") for src in sources()), "-ldl", "-o", str(tmp),
+            *(str(object_file(Path(objdir), src)) for src in sources()), "-ldl", "-o", str(tmp),
         ]  # fmt: skip
         proc = _run(cmd)
     if proc.returncode != 0:
